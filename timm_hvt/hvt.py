@@ -1,0 +1,635 @@
+""" Hierarchical Visual Transformer (HVT) in PyTorch
+
+A PyTorch implementation of HVT as described in:
+  * `Scalable Vision Transformers with Hierarchical Pooling` - https://arxiv.org/abs/2103.10619
+    Zizheng Pan, Bohan Zhuang, Jing Liu, Haoyu He, Jianfei Cai, ICCV 2021
+
+HVT is a pre-norm ViT without class token whose token sequence is max-pooled along the token axis once per
+stage (after the first block of each stage), each pooled stage adding a position embedding of its own. The
+head sees the mean of the last stage's tokens. Built from timm's own ViT parts; state dict keys follow the
+authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their checkpoints load unchanged.
+"""
+import math
+import os
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.jit import Final
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    LayerNorm,
+    LayerType,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    get_act_layer,
+    get_device_dtype,
+    get_norm_layer,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+)
+from timm.layers.pos_embed import is_exporting
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
+from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
+from timm.models._manipulate import checkpoint_seq, named_apply
+from timm.models.vision_transformer import Block, global_pool_nlc, init_weights_vit_timm
+
+from .paper import ARXIV_ID, PAPER_RESULTS
+
+__all__ = ['HierarchicalVisionTransformer', 'pooled_seq_lens', 'resample_pos_embed_1d']
+
+GLOBAL_POOL_TYPES = ('', 'avg', 'avgmax', 'max', 'token')
+POOL_LAYERS = {'max': nn.MaxPool1d, 'avg': nn.AvgPool1d}
+
+
+def pool_block_indices(
+        depth: int,
+        pool_block_width: Optional[int] = None,
+        num_pool_stages: Optional[int] = None,
+) -> Tuple[int, ...]:
+    """Indices of the blocks followed by a pooling: every block i with i % pool_block_width == 0.
+
+    Give either the block width (the authors' `pool_block_width`) or the number of pooling stages M (the paper's
+    M; 0 turns pooling off). Neither given means one pooling stage, after the first block.
+    """
+    if pool_block_width is None:
+        if num_pool_stages is None:
+            num_pool_stages = 1
+        if not 0 <= num_pool_stages <= depth:
+            raise ValueError(f'num_pool_stages must be in [0, depth={depth}], got {num_pool_stages}')
+        if num_pool_stages == 0:
+            return ()
+        pool_block_width = math.ceil(depth / num_pool_stages)
+    if pool_block_width < 1:
+        raise ValueError(f'pool_block_width must be >= 1, got {pool_block_width}')
+    indices = tuple(range(0, depth, pool_block_width))
+    if num_pool_stages is not None and len(indices) != num_pool_stages:
+        raise ValueError(
+            f'num_pool_stages={num_pool_stages} cannot be met with depth={depth}: pool_block_width '
+            f'{pool_block_width} gives {len(indices)} pooling stages (after blocks {list(indices)})')
+    return indices
+
+
+def pooled_seq_lens(
+        num_tokens: int,
+        num_pools: int,
+        kernel_size: int = 3,
+        stride: int = 2,
+        where: str = '',
+) -> List[int]:
+    """Sequence length after each of `num_pools` poolings; ValueError if one would get fewer tokens than its kernel."""
+    lens = []
+    for i in range(num_pools):
+        if num_tokens < kernel_size:
+            raise ValueError(
+                f'HVT pooling stage {i + 1} of {num_pools} needs at least pool_kernel_size={kernel_size} tokens, '
+                f'but the sequence has {num_tokens}{where}. Use a larger image, a smaller patch, fewer pooling '
+                f'stages or a smaller pool kernel.')
+        num_tokens = (num_tokens - kernel_size) // stride + 1
+        lens.append(num_tokens)
+    return lens
+
+
+def resample_pos_embed_1d(posemb: torch.Tensor, new_len: int, interpolation: str = 'linear') -> torch.Tensor:
+    """Resample a (1, N, C) position embedding along its token axis to (1, new_len, C)."""
+    if not is_exporting() and posemb.shape[1] == new_len:
+        return posemb
+    orig_dtype = posemb.dtype
+    posemb = F.interpolate(posemb.float().transpose(1, 2), size=new_len, mode=interpolation, align_corners=False)
+    return posemb.transpose(1, 2).to(orig_dtype)
+
+
+class PoolingBlock(Block):
+    """A timm ViT block whose output tokens are pooled along the sequence, then given a new position embedding.
+
+    Prefix (class) tokens are kept out of the pooling and get no position embedding.
+    """
+    num_prefix_tokens: Final[int]
+    dynamic_size: Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            seq_len: int,
+            pool_kernel_size: int = 3,
+            pool_stride: int = 2,
+            pool_type: str = 'max',
+            num_prefix_tokens: int = 0,
+            dynamic_size: bool = False,
+            device=None,
+            dtype=None,
+            **block_kwargs,
+    ) -> None:
+        super().__init__(dim, num_heads, device=device, dtype=dtype, **block_kwargs)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.dynamic_size = dynamic_size
+        self.pool = POOL_LAYERS[pool_type](kernel_size=pool_kernel_size, stride=pool_stride)
+        self.pos_embed = nn.Parameter(torch.empty(1, seq_len, dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the residual branches of timm's Block.forward, which TorchScript won't let a subclass call
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.num_prefix_tokens:
+            prefix, x = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        else:
+            prefix = None
+        x = self.pool(x.transpose(1, 2)).transpose(1, 2)
+        if self.dynamic_size:
+            x = x + resample_pos_embed_1d(self.pos_embed, x.shape[1])
+        else:
+            x = x + self.pos_embed
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
+        return x
+
+
+class HierarchicalVisionTransformer(nn.Module):
+    """ Hierarchical Visual Transformer (HVT)
+
+    A PyTorch impl of : `Scalable Vision Transformers with Hierarchical Pooling`
+        - https://arxiv.org/abs/2103.10619
+    """
+    dynamic_img_size: Final[bool]
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: Union[int, Tuple[int, int]] = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 384,
+            depth: int = 12,
+            num_heads: int = 6,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            pool_block_width: Optional[int] = None,
+            num_pool_stages: Optional[int] = None,
+            pool_kernel_size: int = 3,
+            pool_stride: int = 2,
+            pool_type: str = 'max',
+            class_token: bool = False,
+            dynamic_img_size: bool = False,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[LayerType] = None,
+            act_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            img_size: Input image size.
+            patch_size: Patch size.
+            in_chans: Number of image input channels.
+            num_classes: Number of classes for classification head (0 for none).
+            global_pool: Pooling of the final tokens: 'avg' (the paper), 'token' (needs class_token),
+                'max', 'avgmax', or '' for the unpooled (B, N, C) tokens.
+            embed_dim: Transformer embedding dimension (64 * num_heads in the paper).
+            depth: Number of transformer blocks.
+            num_heads: Number of attention heads.
+            mlp_ratio: Ratio of mlp hidden dim to embedding dim.
+            qkv_bias: Enable bias for qkv projections.
+            pool_block_width: Pool after every block i with i % pool_block_width == 0 (the authors' setting).
+            num_pool_stages: Number of pooling stages M (the paper's suffix); 0 turns pooling off.
+            pool_kernel_size: Kernel of the 1D token pooling.
+            pool_stride: Stride of the 1D token pooling.
+            pool_type: 'max' (the paper) or 'avg' (its ablation).
+            class_token: Prepend a class token, kept out of the token pooling (the paper's ablation).
+            dynamic_img_size: Accept any input size, resampling every position embedding on the fly.
+            drop_rate: Head dropout rate.
+            pos_drop_rate: Dropout after the first position embedding.
+            proj_drop_rate: Dropout after attention and MLP projections.
+            attn_drop_rate: Attention dropout rate.
+            drop_path_rate: Stochastic depth rate, reached linearly at the last block.
+            norm_layer: Normalization layer (LayerNorm, eps 1e-6).
+            act_layer: MLP activation layer (GELU).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in GLOBAL_POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {GLOBAL_POOL_TYPES}, got {global_pool!r}')
+        if global_pool == 'token' and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if pool_type not in POOL_LAYERS:
+            raise ValueError(f'pool_type must be one of {tuple(POOL_LAYERS)}, got {pool_type!r}')
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim={embed_dim} is not divisible by num_heads={num_heads}')
+        norm_layer = get_norm_layer(norm_layer) or partial(LayerNorm, eps=1e-6)
+        act_layer = get_act_layer(act_layer) or nn.GELU
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.has_class_token = class_token
+        self.dynamic_img_size = dynamic_img_size
+        self.pool_kernel_size = pool_kernel_size
+        self.pool_stride = pool_stride
+        self.pool_blocks = pool_block_indices(depth, pool_block_width, num_pool_stages)
+        self.grad_checkpointing = False
+
+        embed_args = dict(strict_img_size=False, output_fmt='NHWC') if dynamic_img_size else {}
+        self.patch_embed = PatchEmbed(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            **embed_args,
+            **dd,
+        )
+        num_patches = self.patch_embed.num_patches
+        seq_lens = self._pooled_seq_lens(self.patch_embed.grid_size)
+
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(p=pos_drop_rate)
+
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        block_kwargs = dict(
+            dim=embed_dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            proj_drop=proj_drop_rate,
+            attn_drop=attn_drop_rate,
+            norm_layer=norm_layer,
+            act_layer=act_layer,
+            **dd,
+        )
+        blocks = []
+        stage_lens = iter(seq_lens)
+        for i in range(depth):
+            if i in self.pool_blocks:
+                blocks.append(PoolingBlock(
+                    seq_len=next(stage_lens),
+                    pool_kernel_size=pool_kernel_size,
+                    pool_stride=pool_stride,
+                    pool_type=pool_type,
+                    num_prefix_tokens=self.num_prefix_tokens,
+                    dynamic_size=dynamic_img_size,
+                    drop_path=dpr[i],
+                    **block_kwargs,
+                ))
+            else:
+                blocks.append(Block(drop_path=dpr[i], depth=i, **block_kwargs))
+        self.blocks = nn.Sequential(*blocks)
+        self.feature_info = self._feature_info()
+        self.norm = norm_layer(embed_dim, **dd)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+        self.init_weights(needs_reset=False)
+
+    def _pooled_seq_lens(self, grid_size: Sequence[int]) -> List[int]:
+        where = f' at a {grid_size[0]}x{grid_size[1]} patch grid'
+        return pooled_seq_lens(
+            grid_size[0] * grid_size[1], len(self.pool_blocks), self.pool_kernel_size, self.pool_stride, where)
+
+    def _feature_info(self) -> List[Dict[str, Any]]:
+        # reduction: how far apart in pixels neighbouring tokens of the flattened sequence are
+        reduction = self.patch_embed.patch_size[0]
+        info = []
+        for i in range(len(self.blocks)):
+            if i in self.pool_blocks:
+                reduction *= self.pool_stride
+            info.append(dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=reduction))
+        return info
+
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """DeiT's init: trunc_normal(.02) for Linear weights and position embeddings, zero biases, LN 1/0."""
+        for name, param in self.named_parameters():
+            if name.endswith('pos_embed'):
+                trunc_normal_(param, std=.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        named_apply(partial(init_weights_vit_timm, needs_reset=needs_reset), self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'pos_embed', 'cls_token', 'blocks.*.pos_embed'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOL_TYPES:
+                raise ValueError(f'global_pool must be one of {GLOBAL_POOL_TYPES}, got {global_pool!r}')
+            if global_pool == 'token' and not self.has_class_token:
+                raise ValueError("global_pool='token' needs a model built with class_token=True")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, **get_device_dtype(self)) if num_classes > 0 \
+            else nn.Identity()
+        self.head.train(self.training)
+
+    @torch.jit.ignore
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """Change the input resolution and/or patch size, resampling every position embedding (and the patch
+        kernel). Nothing changes if the new size leaves a pooling stage with too few tokens."""
+        prev_grid_size = self.patch_embed.grid_size
+        new_patch = to_2tuple(patch_size) if patch_size is not None else self.patch_embed.patch_size
+        new_img = to_2tuple(img_size) if img_size is not None else self.patch_embed.img_size
+        new_grid = (new_img[0] // new_patch[0], new_img[1] // new_patch[1])
+        new_lens = self._pooled_seq_lens(new_grid)  # validates before anything is changed
+
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.patch_embed.grid_size != prev_grid_size:
+            self.pos_embed = nn.Parameter(resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=self.patch_embed.grid_size,
+                old_size=prev_grid_size,
+                num_prefix_tokens=0,
+            ), requires_grad=self.pos_embed.requires_grad)
+            for idx, new_len in zip(self.pool_blocks, new_lens):
+                blk = self.blocks[idx]
+                blk.pos_embed = nn.Parameter(
+                    resample_pos_embed_1d(blk.pos_embed, new_len), requires_grad=blk.pos_embed.requires_grad)
+        self.feature_info = self._feature_info()
+        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            B, H, W, C = x.shape
+            self._check_seq_len(H, W)
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=(H, W),
+                old_size=self.patch_embed.grid_size,
+                num_prefix_tokens=0,
+            )
+            x = x.view(B, -1, C)
+        else:
+            pos_embed = self.pos_embed
+        x = x + pos_embed
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x)
+
+    @torch.jit.ignore
+    def _check_seq_len(self, H: int, W: int) -> None:
+        if not torch.compiler.is_compiling() and not is_exporting():
+            self._pooled_seq_lens((H, W))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NLC',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features, also returning the tokens of the selected blocks.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n blocks if int, all if None, select matching indices if sequence.
+            return_prefix_tokens: Return (tokens, prefix tokens) pairs when the model has a class token.
+            norm: Apply the final norm layer to all intermediates.
+            stop_early: Stop iterating over blocks when last desired intermediate hit.
+            output_fmt: 'NLC' (B, tokens, C). 'NCHW' is possible only for blocks before the first pooling.
+            intermediates_only: Only return intermediate features.
+        """
+        if output_fmt not in ('NLC', 'NCHW'):
+            raise ValueError(f"output_fmt must be 'NLC' or 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+
+        B, _, height, width = x.shape
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+
+        if torch.jit.is_scripting() or not stop_early:
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max_index + 1]
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+
+        if self.num_prefix_tokens:
+            prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in intermediates]
+            intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        else:
+            prefix_tokens = None
+
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.dynamic_feat_size((height, width))
+            for y in intermediates:
+                if y.shape[1] != H * W:
+                    raise ValueError(
+                        f"output_fmt='NCHW' needs the {H}x{W} patch grid, but a requested block outputs "
+                        f"{y.shape[1]} tokens after HVT's 1D pooling; use output_fmt='NLC'")
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+
+        if not torch.jit.is_scripting() and return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens))
+
+        if intermediates_only:
+            return intermediates
+        x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last requested intermediate (and optionally the final norm / head)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.pool_blocks = tuple(i for i in self.pool_blocks if i <= max_index)
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        x = self.norm(x)
+        return x
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+        pool_type = self.global_pool if pool_type is None else pool_type
+        return global_pool_nlc(x, pool_type=pool_type, num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def checkpoint_filter_fn(
+        state_dict: Dict[str, Any],
+        model: HierarchicalVisionTransformer,
+        interpolation: str = 'bicubic',
+        antialias: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """Adapt the authors' checkpoints (training-script files or bare state dicts) and this project's own to `model`,
+    resampling position embeddings and the patch kernel to the model's image and patch size."""
+    from .checkpoint import adapt_state_dict
+    return adapt_state_dict(state_dict, model, interpolation=interpolation, antialias=antialias)
+
+
+def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        HierarchicalVisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
+        **kwargs,
+    )
+
+
+HF_HUB_NAMESPACE = os.environ.get('TIMM_HVT_HUB_NAMESPACE') or 'timm-hvt'
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': None,
+        'crop_pct': .875,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head',
+        'license': 'apache-2.0',
+        'paper_ids': f'arXiv:{ARXIV_ID}',
+        'paper_name': 'Scalable Vision Transformers with Hierarchical Pooling',
+        'origin_url': 'https://github.com/zhuang-group/HVT',
+        **kwargs,
+    }
+
+
+def _in1k_cfg(arch: str) -> Dict[str, Any]:
+    paper = PAPER_RESULTS[arch]
+    return _cfg(
+        url=paper.url,
+        hf_hub_id=f'{HF_HUB_NAMESPACE}/{arch}.in1k',
+        notes=(f'{paper.paper_name}: top-1 {paper.top1:.2f}, top-5 {paper.top5:.2f} (paper, ImageNet-1k val)',),
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    **{f'{arch}.in1k': _in1k_cfg(arch) for arch in PAPER_RESULTS},
+    **{f'hvt_ti_{m}': _cfg() for m in range(5) if f'hvt_ti_{m}' not in PAPER_RESULTS},
+})
+
+
+def _hvt(variant: str, pretrained: bool, embed_dim: int, num_heads: int, num_pool_stages: int, **kwargs):
+    model_args = dict(
+        patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, num_pool_stages=num_pool_stages)
+    return _create_hvt(variant, pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hvt_ti_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-Ti without pooling: DeiT-Ti without class token, mean-pooled."""
+    return _hvt('hvt_ti_0', pretrained, 192, 3, 0, **kwargs)
+
+
+@register_model
+def hvt_ti_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-Ti-1 (paper: 0.64 GFLOPs, 5.74M params, 69.64 top-1)."""
+    return _hvt('hvt_ti_1', pretrained, 192, 3, 1, **kwargs)
+
+
+@register_model
+def hvt_ti_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    return _hvt('hvt_ti_2', pretrained, 192, 3, 2, **kwargs)
+
+
+@register_model
+def hvt_ti_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    return _hvt('hvt_ti_3', pretrained, 192, 3, 3, **kwargs)
+
+
+@register_model
+def hvt_ti_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    return _hvt('hvt_ti_4', pretrained, 192, 3, 4, **kwargs)
+
+
+@register_model
+def hvt_s_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-S without pooling (paper: 4.57 GFLOPs, 22.05M params, 80.39 top-1)."""
+    return _hvt('hvt_s_0', pretrained, 384, 6, 0, **kwargs)
+
+
+@register_model
+def hvt_s_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-S-1 (paper: 2.40 GFLOPs, 22.09M params, 78.00 top-1)."""
+    return _hvt('hvt_s_1', pretrained, 384, 6, 1, **kwargs)
+
+
+@register_model
+def hvt_s_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-S-2 (paper: 1.94 GFLOPs, 22.11M params, 77.36 top-1)."""
+    return _hvt('hvt_s_2', pretrained, 384, 6, 2, **kwargs)
+
+
+@register_model
+def hvt_s_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-S-3 (paper: 1.62 GFLOPs, 22.11M params, 76.32 top-1)."""
+    return _hvt('hvt_s_3', pretrained, 384, 6, 3, **kwargs)
+
+
+@register_model
+def hvt_s_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-S-4, the paper's "Scale HVT-Ti-4" (1.39 GFLOPs, 22.12M params, 75.23 top-1)."""
+    return _hvt('hvt_s_4', pretrained, 384, 6, 4, **kwargs)
+
+
+register_model_deprecations(__name__, {'scale_hvt_ti_4': 'hvt_s_4.in1k'})
