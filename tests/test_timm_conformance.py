@@ -1,0 +1,101 @@
+"""timm's own model test suite (tests/test_models.py of the installed timm's source distribution), run on HVT.
+
+`hvt_*` is classified as timm classifies its sequence-output ViTs (deit_*, pit_*): a non-standard model, whose
+features are tokens rather than a feature map. Only the pretrained-download tests are left out (network).
+The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt).
+"""
+import os
+import subprocess
+import sys
+import tarfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import timm
+
+import timm_hvt  # noqa: F401
+
+# every test of timm's suite that takes each model by name and runs for non-standard models
+REQUIRED_TESTS = (
+    'test_model_forward',
+    'test_model_backward',
+    'test_model_default_cfgs_non_std',
+    'test_model_forward_torchscript',
+    'test_model_forward_fx',
+    'test_model_backward_fx',
+    'test_model_forward_fx_torchscript',
+)
+# the tests that need the network to fetch pretrained weights
+NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get('TIMM_HVT_CACHE', Path.home() / '.cache' / 'timm-hvt'))
+
+
+def _timm_sdist() -> Path:
+    version = timm.__version__
+    sdist_dir = _cache_dir() / 'timm-sdist'
+    sdist = sdist_dir / f'timm-{version}.tar.gz'
+    if not sdist.exists():
+        sdist_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:',
+             f'timm=={version}', '--dest', str(sdist_dir)],
+            check=True,
+        )
+    return sdist
+
+
+def _classify_hvt_as_non_std(source: str) -> str:
+    marker = 'NON_STD_FILTERS = ['
+    if source.count(marker) != 1:
+        raise AssertionError(f"timm's test_models.py no longer defines {marker!r} exactly once")
+    return source.replace(marker, marker + "'hvt_*', ", 1)
+
+
+@pytest.fixture(scope='module')
+def timm_suite(tmp_path_factory) -> Path:
+    suite_dir = tmp_path_factory.mktemp('timm_suite')
+    with tarfile.open(_timm_sdist()) as tar:
+        for name in ('test_models.py', 'conftest.py'):
+            member = tar.getmember(f'timm-{timm.__version__}/tests/{name}')
+            source = tar.extractfile(member).read().decode()
+            if name == 'test_models.py':
+                source = _classify_hvt_as_non_std(source)
+            (suite_dir / name).write_text(source)
+    return suite_dir
+
+
+def test_timm_model_suite_passes_for_every_hvt_model(timm_suite):
+    report = timm_suite / 'report.xml'
+    deselect = ' and '.join(f'not {t}' for t in NETWORK_TESTS)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'pytest', 'test_models.py', '-q', '-p', 'no:cacheprovider',
+         '-k', f'hvt and {deselect}', f'--junitxml={report}'],
+        cwd=timm_suite, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, f'timm suite failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}'
+
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter('testcase'):
+        status = 'passed'
+        for child in case:
+            if child.tag in ('failure', 'error', 'skipped'):
+                status = child.tag
+        outcomes[case.get('name')] = status
+
+    models = timm.list_models('hvt_*')
+    assert len(models) == 10
+    batch = {'test_model_backward': 2, 'test_model_backward_fx': 2}
+    missing, not_passed = [], []
+    for test in REQUIRED_TESTS:
+        for model in models:
+            case = f'{test}[{batch.get(test, 1)}-{model}]'
+            if case not in outcomes:
+                missing.append(case)
+            elif outcomes[case] != 'passed':
+                not_passed.append(f'{case}: {outcomes[case]}')
+    assert not missing, f'expected tests were not collected: {missing}'
+    assert not not_passed, f'tests did not pass: {not_passed}'
