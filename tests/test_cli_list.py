@@ -1,0 +1,30 @@
+"""`timm-hvt` without a command lists every registered variant with measured and published cost."""
+import re
+
+import timm
+
+from timm_hvt.cli import main
+from timm_hvt.paper import PAPER_RESULTS
+
+
+def test_default_command_lists_every_variant(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith('hvt_')}
+    assert sorted(rows) == timm.list_models('hvt_*')
+    for name, cols in rows.items():
+        img, params, gmacs = int(cols[1]), float(cols[2]), float(cols[3])
+        assert img == 224
+        paper = PAPER_RESULTS.get(name)
+        if paper is None:
+            assert cols[4:8] == ['-', '-', '-', '-']  # no paper figures, no weights
+            continue
+        # measured == published, side by side
+        assert (params, gmacs) == (paper.params_m, paper.gmacs)
+        assert (float(cols[4]), float(cols[5]), float(cols[6])) == (paper.params_m, paper.gmacs, paper.top1)
+        assert re.search(rf'{name}\.in1k: hf-hub:\S+/{name}\.in1k \(fallback {re.escape(paper.url)}\)', ' '.join(cols))
+
+
+def test_list_is_also_an_explicit_command(capsys):
+    assert main(['list']) == 0
+    assert 'hvt_s_4' in capsys.readouterr().out
