@@ -521,8 +521,13 @@ def checkpoint_filter_fn(
 
 
 def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    from .weights import finish_model, prepare_pretrained
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    origin = None
+    if pretrained:
+        # hub first, else the authors' release: fetched before building, so a failure leaves no half-made model
+        kwargs, origin = prepare_pretrained(variant, kwargs)
+    model = build_model_with_cfg(
         HierarchicalVisionTransformer,
         variant,
         pretrained,
@@ -530,6 +535,7 @@ def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> Hierarchica
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
         **kwargs,
     )
+    return finish_model(model, origin)
 
 
 HF_HUB_NAMESPACE = os.environ.get('TIMM_HVT_HUB_NAMESPACE') or 'timm-hvt'
@@ -635,3 +641,12 @@ def hvt_s_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer
 
 
 register_model_deprecations(__name__, {'scale_hvt_ti_4': 'hvt_s_4.in1k'})
+
+
+def _install_weight_loading_hooks() -> None:
+    # `hf-hub:` names of this project's repos fall back to the authors' release; checkpoint read errors name the file
+    from .weights import install_timm_hooks
+    install_timm_hooks()
+
+
+_install_weight_loading_hooks()

@@ -1,0 +1,245 @@
+"""Pretrained cfgs, and where `pretrained=True` and timm's other routes take the weights from, offline.
+
+Source selection is shown with 2-block hvt_ti_1 weights (TINY); the resolution / patch scaling with full models."""
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+from _weights_helpers import (
+    TINY, Caches, assert_weights, caches, fake_hub, hub_id, offline_env, release_url, save_authors_checkpoint,
+    save_hub_weights,
+)
+from timm_hvt.hvt import HF_HUB_NAMESPACE, resample_pos_embed_1d
+from timm_hvt.paper import ARXIV_ID, PAPER_RESULTS
+from timm_hvt.weights import PretrainedWeightsUnavailable
+
+RELEASED = ['hvt_s_0', 'hvt_s_1', 'hvt_s_2', 'hvt_s_3', 'hvt_s_4', 'hvt_ti_1']
+WEIGHTS_LOGGER = 'timm_hvt.weights'
+
+
+@pytest.fixture
+def sources(caches: Caches, tmp_path: Path):
+    """Tiny hvt_ti_1 weights: A as the hub's model.safetensors, B as the authors' release file."""
+    hub_sd = save_authors_checkpoint(tmp_path / 'a.pth', 'hvt_ti_1', seed=1, **TINY)
+    release_sd = save_authors_checkpoint(tmp_path / 'b.pth', 'hvt_ti_1', seed=2, **TINY)
+    return dict(caches=caches, hub_sd=hub_sd, release_sd=release_sd, release_file=tmp_path / 'b.pth',
+                hub_file=save_hub_weights(tmp_path / 'model.safetensors', hub_sd))
+
+
+def _fallback_warnings(caplog) -> list:
+    return [r for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno == logging.WARNING]
+
+
+def test_pretrained_tags_and_cfgs():
+    assert timm.list_pretrained('hvt*') == [f'{arch}.in1k' for arch in RELEASED]
+    for arch in RELEASED:
+        cfg = timm.models.get_pretrained_cfg(f'{arch}.in1k')
+        paper = PAPER_RESULTS[arch]
+        assert cfg.hf_hub_id == f'{HF_HUB_NAMESPACE}/{arch}.in1k'
+        assert cfg.url == paper.url and cfg.url.startswith('https://github.com/zhuang-group/HVT/releases/download/')
+        assert cfg.license == 'apache-2.0'
+        assert ARXIV_ID in cfg.paper_ids
+        assert f'{paper.top1:.2f}' in ' '.join(cfg.notes) and f'{paper.top5:.2f}' in ' '.join(cfg.notes)
+    assert timm.models.get_pretrained_cfg('hvt_ti_1').tag == 'in1k'  # the untagged name resolves to .in1k
+    assert timm.models.get_pretrained_cfg('hvt_s_4').url.endswith('/scale_hvt_ti_4.pth')
+    assert not timm.models.get_pretrained_cfg('hvt_ti_0').hf_hub_id
+    assert not timm.models.get_pretrained_cfg('hvt_ti_0').url
+
+
+def test_hub_is_the_first_source(sources, caplog):
+    c = sources['caches']
+    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)  # hub unreachable, the file is in its cache
+    assert_weights(model, sources['hub_sd'])
+    assert not _fallback_warnings(caplog)
+    assert model.pretrained_cfg['hf_hub_id'] == hub_id('hvt_ti_1')
+    assert 'state_dict' not in model.pretrained_cfg
+
+    c.offline()
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
+
+
+@pytest.mark.parametrize('error_code', ['RepoNotFound', 'EntryNotFound'])
+def test_falls_back_to_release_when_repo_or_file_missing(sources, caplog, error_code):
+    c = sources['caches']
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with fake_hub(error_code) as hub:
+        c.endpoint(hub.url)
+        model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+        assert any(hub_id('hvt_ti_1') in r for r in hub.requests)
+    assert_weights(model, sources['release_sd'])
+    warnings = _fallback_warnings(caplog)
+    assert len(warnings) == 1
+    assert hub_id('hvt_ti_1') in warnings[0].getMessage() and release_url('hvt_ti_1') in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize('offline', [True, False], ids=['offline', 'unreachable'])
+def test_falls_back_to_release_when_hub_cannot_be_reached(sources, caplog, offline):
+    c = sources['caches']
+    c.offline(offline)
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+    assert_weights(model, sources['release_sd'])
+    assert len(_fallback_warnings(caplog)) == 1
+
+
+def test_release_is_downloaded_into_torch_hub_cache(sources):
+    c = sources['caches']
+    with fake_hub('RepoNotFound') as hub:
+        c.endpoint(hub.url)
+        hub.files['/releases/hvt_ti_1.pth'] = sources['release_file'].read_bytes()
+        overlay = dict(url=hub.url + '/releases/hvt_ti_1.pth')
+        model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
+        assert (c.torch_checkpoints / 'hvt_ti_1.pth').read_bytes() == sources['release_file'].read_bytes()
+        timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
+        assert sum(r.startswith('GET /releases/') for r in hub.requests) == 1  # the second came from the cache
+    assert_weights(model, sources['release_sd'])
+
+
+def test_error_names_every_source_when_nothing_can_be_had(caches):
+    caches.offline()
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+    message = str(info.value)
+    for part in (hub_id('hvt_ti_1'), release_url('hvt_ti_1'), str(caches.hf), str(caches.torch_checkpoints)):
+        assert part in message
+
+
+def test_error_when_a_release_download_fails(caches):
+    with fake_hub('RepoNotFound') as hub:
+        caches.endpoint(hub.url)
+        url = hub.url + '/releases/missing.pth'
+        with pytest.raises(PretrainedWeightsUnavailable, match='missing.pth'):
+            timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(url=url), **TINY)
+    assert not (caches.torch_checkpoints / 'missing.pth').exists()
+
+
+@pytest.mark.parametrize('arch', ['hvt_ti_0', 'hvt_ti_2', 'hvt_ti_4'])
+def test_variants_without_weights_refuse_pretrained(caches, arch):
+    with pytest.raises(PretrainedWeightsUnavailable, match=f'{arch} has no pretrained weights'):
+        timm.create_model(arch, pretrained=True)
+
+
+def test_hf_hub_model_names(sources, caplog):
+    c = sources['caches']
+    cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
+    config = dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+    c.put_hub_repo(
+        hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'], 'config.json': json.dumps(config).encode()})
+    c.offline()
+    model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True)
+    assert_weights(model, sources['hub_sd'])
+    assert model.pretrained_cfg['source'] == 'hf-hub'
+    assert not _fallback_warnings(caplog)
+
+
+def test_hf_hub_model_name_falls_back_to_release(sources, caplog):
+    c = sources['caches']
+    c.offline()
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
+    assert_weights(model, sources['release_sd'])
+    assert len(_fallback_warnings(caplog)) == 1
+    with pytest.raises(LocalEntryNotFoundError):
+        timm.create_model('hf-hub:someone/else', pretrained=True)  # not this project's repo: no fallback
+
+
+def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):
+    sources['caches'].offline()
+    release = str(sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=release), **TINY)
+    assert_weights(model, sources['release_sd'])
+    assert_weights(timm.create_model('hvt_ti_1', checkpoint_path=release, **TINY), sources['release_sd'])
+    model = timm.create_model('hvt_ti_1', **TINY)
+    timm.models.load_checkpoint(model, release)
+    assert_weights(model, sources['release_sd'])
+    # a folder in the hub layout is a file source too
+    folder = tmp_path / 'folder'
+    folder.mkdir()
+    save_hub_weights(folder / 'model.safetensors', sources['hub_sd'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=str(folder)), **TINY)
+    assert_weights(model, sources['hub_sd'])
+
+
+def test_in_chans_and_num_classes_adapt(sources):
+    c = sources['caches']
+    c.offline()
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, in_chans=1, num_classes=10, **TINY)
+    release = sources['release_sd']
+    assert model.head.weight.shape == (10, 192) and model.num_classes == 10
+    # timm folds the three RGB filters of the first conv into one
+    torch.testing.assert_close(model.patch_embed.proj.weight, release['patch_embed.proj.weight'].sum(1, keepdim=True))
+    assert_weights(model, release, keys=['pos_embed', 'blocks.0.pos_embed', 'blocks.1.mlp.fc2.weight'])
+    assert model(torch.randn(1, 1, 224, 224)).shape == (1, 10)
+
+
+def test_features_only_with_pretrained(sources):
+    c = sources['caches']
+    c.offline()
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, features_only=True, out_indices=(0, 1), **TINY)
+    assert 'state_dict' not in model.pretrained_cfg
+    assert torch.equal(model.model.pos_embed, sources['release_sd']['pos_embed'])
+
+
+def test_scale_resolution_resamples_position_embeddings(caches, tmp_path):
+    # the paper's Scale HVT use: the released hvt_s_4 at a higher resolution
+    caches.offline()
+    path = tmp_path / 'scale_hvt_ti_4.pth'
+    release = save_authors_checkpoint(path, 'hvt_s_4')
+    caches.put_release(release_url('hvt_s_4'), path)
+    model = timm.create_model('hvt_s_4', pretrained=True, img_size=384)
+    torch.testing.assert_close(
+        model.pos_embed, resample_abs_pos_embed(release['pos_embed'], [24, 24], num_prefix_tokens=0))
+    for i, length in zip((0, 3, 6, 9), (287, 143, 71, 35)):
+        assert model.blocks[i].pos_embed.shape == (1, length, 384)
+        torch.testing.assert_close(
+            model.blocks[i].pos_embed, resample_pos_embed_1d(release[f'blocks.{i}.pos_embed'], length))
+    assert_weights(model, release, keys=['patch_embed.proj.weight', 'blocks.5.attn.qkv.weight', 'head.weight'])
+    assert model(torch.randn(1, 3, 384, 384)).shape == (1, 1000)
+
+
+def test_patch_size_change_resamples_patch_kernel(sources):
+    c = sources['caches']
+    c.offline()
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    model = timm.create_model('hvt_ti_1', pretrained=True, patch_size=8, img_size=112, **TINY)
+    release = sources['release_sd']
+    torch.testing.assert_close(
+        model.patch_embed.proj.weight, resample_patch_embed(release['patch_embed.proj.weight'], [8, 8]))
+    assert torch.equal(model.pos_embed, release['pos_embed'])  # the same 14x14 grid
+
+
+def test_corrupt_hub_file_is_an_error_not_a_fallback(sources):
+    c = sources['caches']
+    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'].read_bytes()[:1000]})
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with pytest.raises(RuntimeError, match=r'model\.safetensors is truncated or not a safetensors file'):
+        timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+
+
+def test_namespace_and_offline_from_the_environment(tmp_path):
+    # a fresh interpreter, with TIMM_HVT_HUB_NAMESPACE and HF_HUB_OFFLINE set the way users set them
+    env = dict(os.environ, **offline_env(tmp_path), TIMM_HVT_HUB_NAMESPACE='my-org')
+    script = (
+        'import timm\n'
+        'print(timm.models.get_pretrained_cfg("hvt_s_2.in1k").hf_hub_id)\n'
+        'try:\n'
+        '    timm.create_model("hvt_ti_1", pretrained=True, depth=2)\n'
+        'except RuntimeError as e:\n'
+        '    print(e)\n')
+    out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300, env=env)
+    lines = out.stdout.splitlines()
+    assert lines[0] == 'my-org/hvt_s_2.in1k', out.stderr
+    assert 'my-org/hvt_ti_1.in1k' in lines[1] and 'HF_HUB_OFFLINE' in lines[1]

@@ -1,0 +1,242 @@
+"""Where HVT's pretrained weights come from, in order:
+
+1. the Hugging Face Hub repo of the pretrained cfg (`hf_hub_id`: model.safetensors in timm's layout);
+2. if that repo / file does not exist or the hub cannot be reached, the authors' release checkpoint (`url`),
+   downloaded into the torch hub cache and converted on load by the model's checkpoint filter.
+
+Local files (`pretrained_cfg_overlay=dict(file=...)`, `local-dir:` names) are read directly. Every file is read
+by `read_checkpoint`, which never unpickles code. `HF_HUB_OFFLINE=1` uses whatever either cache holds.
+
+The weights are fetched before the model is built and handed to timm's own loader as the cfg's `state_dict`,
+so timm still adapts `in_chans` / `num_classes` and no half-loaded model is ever returned.
+"""
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from timm.models import _builder, _factory, _helpers
+from timm.models._hub import check_cached_file, download_cached_file, download_from_hf, hf_split
+from timm.models._pretrained import PretrainedCfg
+from timm.models._registry import get_pretrained_cfg, list_pretrained
+
+from .checkpoint import CheckpointError, CheckpointReadError, fit_on_load, read_checkpoint, slim_checkpoint
+
+__all__ = [
+    'HF_WEIGHTS_FILE', 'PretrainedWeightsUnavailable', 'fetch_pretrained', 'prepare_pretrained', 'finish_model',
+    'find_weights_file', 'release_cfg_for_hub_id', 'install_timm_hooks',
+]
+
+_logger = logging.getLogger(__name__)
+
+HF_WEIGHTS_FILE = 'model.safetensors'
+# files a local weights folder may hold, best first (this project's export, then common PyTorch names)
+LOCAL_WEIGHTS_FILES = (HF_WEIGHTS_FILE, 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+LOCAL_WEIGHTS_EXTS = ('.safetensors', '.pth', '.pth.tar', '.bin', '.pt')
+
+# hub ids whose config.json just failed to resolve, with the reason: the weights fetch that follows in the same
+# create_model call then goes straight to the fallback instead of waiting for the hub a second time
+_hub_unavailable: Dict[str, str] = {}
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """No source of a model's pretrained weights could be used."""
+
+
+def _hf_cache_dir(cache_dir: Optional[str]) -> str:
+    from huggingface_hub import constants
+    return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def _torch_cache_dir(cache_dir: Optional[str]) -> str:
+    return str(cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints'))
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    is_offline = getattr(constants, 'is_offline_mode', None)
+    return bool(is_offline() if callable(is_offline) else constants.HF_HUB_OFFLINE)
+
+
+def _reason(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+
+
+def release_cfg_for_hub_id(hub_id: str) -> Optional[PretrainedCfg]:
+    """The registered HVT pretrained cfg whose `hf_hub_id` is `hub_id` (any '@revision' ignored)."""
+    repo_id = hf_split(hub_id)[0]
+    for name in list_pretrained('hvt_*'):
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None and cfg.hf_hub_id and hf_split(cfg.hf_hub_id)[0] == repo_id:
+            return cfg
+    return None
+
+
+def find_weights_file(path: str) -> str:
+    """`path` itself, or for a folder the weights file in it (model.safetensors first)."""
+    if not os.path.isdir(path):
+        return path
+    for name in LOCAL_WEIGHTS_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    for ext in LOCAL_WEIGHTS_EXTS:
+        found = sorted(f for f in os.listdir(path) if f.endswith(ext))
+        if found:
+            return os.path.join(path, found[0])
+    raise CheckpointReadError(f'No weights file ({", ".join(LOCAL_WEIGHTS_EXTS)}) in folder {path}')
+
+
+def _from_hub(hub_id: str, filename: str, cache_dir: Optional[str]) -> str:
+    """Local path of `filename` in hub repo `hub_id`, downloaded or from the HF cache."""
+    if hub_id in _hub_unavailable:
+        raise FileNotFoundError(_hub_unavailable.pop(hub_id))
+    return download_from_hf(hub_id, filename, cache_dir=cache_dir)
+
+
+def _from_url(url: str, cache_dir: Optional[str]) -> str:
+    """Local path of the release file at `url`, from the torch hub cache or downloaded into it."""
+    if check_cached_file(url, check_hash=False, cache_dir=cache_dir):
+        return download_cached_file(url, check_hash=False, cache_dir=cache_dir)
+    if _hub_offline():
+        raise FileNotFoundError('offline (HF_HUB_OFFLINE is set) and not in the torch hub cache')
+    return download_cached_file(url, check_hash=False, progress=_builder._DOWNLOAD_PROGRESS, cache_dir=cache_dir)
+
+
+def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """Read the weights `cfg` points to, falling back from the hub to the authors' release.
+
+    Returns None when the cfg already carries an in-memory state dict. Raises PretrainedWeightsUnavailable when
+    no source can be had, CheckpointError when a file was found but cannot be read safely.
+    """
+    name = cfg.architecture or 'this model'
+    if cfg.state_dict and cfg.source not in ('hf-hub', 'local-dir'):
+        return None
+    if cfg.source == 'local-dir' or (cfg.file and cfg.source != 'hf-hub'):
+        return slim_checkpoint(read_checkpoint(find_weights_file(os.fspath(cfg.file))))
+
+    hub_id = cfg.hf_hub_id
+    url = cfg.url
+    if not url and hub_id:
+        release = release_cfg_for_hub_id(hub_id)
+        url = release.url if release is not None else None
+    if isinstance(url, (list, tuple)):
+        url = url[0]
+    if not hub_id and not url:
+        raise PretrainedWeightsUnavailable(
+            f'{name} has no pretrained weights: its authors released none for this variant. Use pretrained=False, '
+            f'or load your own with pretrained_cfg_overlay=dict(file=...) or checkpoint_path=...')
+
+    failures = []
+    if hub_id:
+        filename = cfg.hf_hub_filename or HF_WEIGHTS_FILE
+        try:
+            path = _from_hub(hub_id, filename, cache_dir)
+        except Exception as e:
+            failures.append(
+                f'Hugging Face Hub {hub_id} ({filename}): {_reason(e)} [HF cache: {_hf_cache_dir(cache_dir)}]')
+        else:
+            return slim_checkpoint(read_checkpoint(path))
+    if url:
+        if failures:
+            _logger.warning(
+                f'Pretrained weights for {name} are not available from the Hugging Face Hub ({hub_id}); '
+                f'falling back to the authors\' release checkpoint {url}, converted on load.')
+        try:
+            path = _from_url(url, cache_dir)
+        except Exception as e:
+            failures.append(f'authors\' release {url}: {_reason(e)} [torch hub cache: {_torch_cache_dir(cache_dir)}]')
+        else:
+            return slim_checkpoint(read_checkpoint(path))
+    else:
+        failures.append('no authors\' release URL to fall back to')
+    raise PretrainedWeightsUnavailable(f'No pretrained weights for {name} could be had. ' + ' | '.join(failures))
+
+
+def prepare_pretrained(variant: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Fetch the weights before the model is built.
+
+    Returns the model kwargs, whose pretrained cfg now carries the weights for timm's build_model_with_cfg to load
+    (and adapt), and the cfg entries `finish_model` restores once they are loaded.
+    """
+    kwargs = dict(kwargs)
+    cfg = _builder.resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.pop('pretrained_cfg', None),
+        pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None),
+    )
+    origin = dict(source=cfg.source)
+    checkpoint = fetch_pretrained(cfg, cache_dir=kwargs.get('cache_dir'))
+    if checkpoint is not None:
+        # a cfg source of 'hf-hub' / 'local-dir' would make timm load from there instead of the state dict
+        cfg = dataclasses.replace(cfg, state_dict=checkpoint, source=None)
+    kwargs['pretrained_cfg'] = cfg
+    return kwargs, origin
+
+
+def finish_model(model: nn.Module, origin: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Drop the loaded weights from every pretrained cfg on `model` and restore the cfg's source; give each HVT
+    in it the load_state_dict pre-hook that fits checkpoints, so `checkpoint_path=` and `load_checkpoint` resample
+    position embeddings and explain architecture mismatches too."""
+    from .hvt import HierarchicalVisionTransformer
+    for module in model.modules():
+        cfg = getattr(module, 'pretrained_cfg', None)
+        if isinstance(cfg, dict) and cfg.pop('state_dict', None) is not None and origin:
+            cfg.update({k: v for k, v in origin.items() if v is not None})
+        if isinstance(module, HierarchicalVisionTransformer):
+            module.register_load_state_dict_pre_hook(fit_on_load)
+    return model
+
+
+def _is_hub_unavailable(e: BaseException) -> bool:
+    return not isinstance(e, (CheckpointError, ValueError, TypeError, KeyError))
+
+
+def _hub_config_with_release_fallback(load_config: Callable) -> Callable:
+    """Wrap timm's `load_model_config_from_hf` so `hf-hub:` names of this project's repos still resolve (to the
+    registered cfg) when the repo is missing or the hub unreachable; the weights then come from the fallback."""
+    def load_model_config_from_hf(model_id: str, *args, **kwargs) -> Tuple[Dict[str, Any], str, Dict[str, Any]]:
+        try:
+            return load_config(model_id, *args, **kwargs)
+        except Exception as e:
+            release = release_cfg_for_hub_id(model_id)
+            if release is None or not _is_hub_unavailable(e):
+                raise
+            _logger.info(f'config.json of {model_id} not available ({_reason(e)}); using the registered cfg')
+            _hub_unavailable[model_id] = _reason(e)
+            pretrained_cfg = dict(release.to_dict(), hf_hub_id=model_id, source='hf-hub')
+            return pretrained_cfg, pretrained_cfg.pop('architecture'), {}
+
+    load_model_config_from_hf.timm_hvt_wrapped = load_config
+    return load_model_config_from_hf
+
+
+def _load_state_dict_naming_file(load_state_dict: Callable) -> Callable:
+    """Wrap timm's `load_state_dict` (behind `load_checkpoint`, `checkpoint_path=`, `--initial-checkpoint`) so a
+    missing, truncated, corrupt or refused file fails with an error that names it. Loading itself is unchanged."""
+    def load_state_dict_naming_file(checkpoint_path, *args, **kwargs):
+        try:
+            return load_state_dict(checkpoint_path, *args, **kwargs)
+        except CheckpointError:
+            raise
+        except FileNotFoundError as e:
+            if not os.path.isfile(checkpoint_path or ''):
+                raise FileNotFoundError(f'No checkpoint file at {checkpoint_path}') from e
+            raise
+        except Exception as e:
+            read_checkpoint(checkpoint_path)  # raises the error that names the file
+            raise
+
+    load_state_dict_naming_file.timm_hvt_wrapped = load_state_dict
+    return load_state_dict_naming_file
+
+
+def install_timm_hooks() -> None:
+    """Wrap the two timm functions above (once; later calls are no-ops)."""
+    if not hasattr(_factory.load_model_config_from_hf, 'timm_hvt_wrapped'):
+        _factory.load_model_config_from_hf = _hub_config_with_release_fallback(_factory.load_model_config_from_hf)
+    if not hasattr(_helpers.load_state_dict, 'timm_hvt_wrapped'):
+        _helpers.load_state_dict = _load_state_dict_naming_file(_helpers.load_state_dict)
