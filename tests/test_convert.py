@@ -1,0 +1,115 @@
+"""`timm-hvt convert` writes a verified hub folder; `timm-hvt push` uploads it (here: to fakes only)."""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from _weights_helpers import assert_weights, caches, hub_id, save_authors_checkpoint
+from timm_hvt import cli
+from timm_hvt.convert import convert_checkpoint
+
+
+@pytest.fixture(scope='module')
+def ti_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp('release') / 'hvt_ti_1.pth'
+    return path, save_authors_checkpoint(path, 'hvt_ti_1', seed=5)
+
+
+@pytest.fixture(scope='module')
+def ti_folder(ti_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp('converted') / 'hvt_ti_1.in1k'
+    assert cli.main(['convert', str(ti_checkpoint[0]), '--model', 'hvt_ti_1', '--out', str(out)]) == 0
+    return out
+
+
+def test_convert_writes_a_hub_folder(ti_folder):
+    assert sorted(p.name for p in ti_folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((ti_folder / 'config.json').read_text())
+    assert config['architecture'] == 'hvt_ti_1' and config['num_classes'] == 1000
+    assert config['pretrained_cfg']['tag'] == 'in1k' and config['pretrained_cfg']['license'] == 'apache-2.0'
+    card = (ti_folder / 'README.md').read_text()
+    assert card.startswith('---\n') and 'library_name: timm' in card and 'license: apache-2.0' in card
+    assert 'https://arxiv.org/abs/2103.10619' in card
+    assert '| hvt_ti_1.in1k | 5.74 | 0.64 | 69.64 | 89.40 |' in card
+    assert "timm.create_model('hf-hub:timm-hvt/hvt_ti_1.in1k', pretrained=True)" in card
+    assert '@inproceedings{' in card and 'Hierarchical Pooling' in card
+
+
+def test_converted_folder_is_what_pretrained_loads(ti_folder, ti_checkpoint, caches):
+    caches.put_hub_repo(hub_id('hvt_ti_1'), {p.name: p for p in ti_folder.iterdir()})
+    caches.offline()
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True), ti_checkpoint[1])
+    assert_weights(timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True), ti_checkpoint[1])
+
+
+def test_convert_keeps_a_fine_tuned_head_and_resolution(tmp_path):
+    source = tmp_path / 'finetuned.pth'
+    sd = save_authors_checkpoint(source, 'hvt_ti_1', img_size=288, num_classes=10)
+    result = convert_checkpoint(str(source), 'hvt_ti_1', str(tmp_path / 'out'), repo_id='me/hvt-ft')
+    assert result.max_abs_diff <= 1e-5
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['num_classes'] == 10 and config['model_args']['img_size'] == [288, 288]
+    model = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    assert model.num_classes == 10 and model.pos_embed.shape == (1, 324, 192)
+    assert_weights(model, sd)
+    card = (tmp_path / 'out' / 'README.md').read_text()
+    assert '| hvt_ti_1.in1k | 5.58 |' in card and '| - | - |' in card and 'hf-hub:me/hvt-ft' in card
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'Traceback' not in err
+    return err
+
+
+def test_convert_errors_are_one_line(ti_checkpoint, ti_folder, tmp_path, capsys):
+    source = str(ti_checkpoint[0])
+    assert cli.main(['convert', source, '--model', 'hvt_ti_2', '--out', str(tmp_path / 'a')]) == 1
+    assert 'does not fit hvt_ti_2' in _one_line_error(capsys)
+    assert cli.main(['convert', source, '--model', 'vit_nope', '--out', str(tmp_path / 'b')]) == 1
+    assert "Unknown model 'vit_nope'" in _one_line_error(capsys)
+    assert cli.main(['convert', source, '--model', 'hvt_ti_1', '--out', str(ti_folder)]) == 1
+    assert 'exists and is not empty' in _one_line_error(capsys)
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+class _FakeHfApi:
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(('create_repo', repo_id, kwargs))
+        return type('RepoUrl', (), {'repo_id': repo_id})()
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(('upload_folder', kwargs))
+
+
+def test_push(ti_folder, monkeypatch, capsys):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', _FakeHfApi)
+    _FakeHfApi.calls.clear()
+    assert cli.main(['push', str(ti_folder), '--repo-id', 'me/hvt_ti_1.in1k', '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert 'Would upload to https://huggingface.co/me/hvt_ti_1.in1k' in out
+    assert all(name in out for name in ('model.safetensors', 'config.json', 'README.md'))
+    assert _FakeHfApi.calls == []
+
+    assert cli.main(['push', str(ti_folder), '--repo-id', 'me/hvt_ti_1.in1k', '--private']) == 0
+    (create, repo_id, create_kwargs), (upload, upload_kwargs) = _FakeHfApi.calls
+    assert (create, repo_id, create_kwargs['private'], create_kwargs['exist_ok']) == ('create_repo', 'me/hvt_ti_1.in1k', True, True)
+    assert upload == 'upload_folder' and upload_kwargs['folder_path'] == str(ti_folder)
+    assert sorted(upload_kwargs['allow_patterns']) == ['README.md', 'config.json', 'model.safetensors']
+
+
+def test_push_errors_are_one_line(ti_folder, tmp_path, caches, capsys):
+    caches.offline()
+    assert cli.main(['push', str(ti_folder), '--repo-id', 'me/x']) == 1  # the real client, offline
+    assert 'offline' in _one_line_error(capsys).lower()
+    (tmp_path / 'half').mkdir()
+    (tmp_path / 'half' / 'config.json').write_text('{}')
+    assert cli.main(['push', str(tmp_path / 'half'), '--repo-id', 'me/x', '--dry-run']) == 1
+    assert 'lacks model.safetensors, README.md' in _one_line_error(capsys)
