@@ -6,7 +6,7 @@ timm_hvt and of timm: plain tensor ops over a state dict in the authors' layout.
   mean over tokens -> linear head. Attention heads are 64 channels wide.
 """
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F

@@ -1,10 +1,8 @@
 """`timm-hvt convert` writes a verified hub folder; `timm-hvt push` uploads it (here: to fakes only)."""
 import json
-from pathlib import Path
 
 import pytest
 import timm
-import torch
 
 from _weights_helpers import assert_weights, caches, hub_id, save_authors_checkpoint
 from timm_hvt import cli

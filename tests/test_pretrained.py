@@ -106,10 +106,11 @@ def test_release_is_downloaded_into_torch_hub_cache(sources):
     assert_weights(model, sources['release_sd'])
 
 
-def test_error_names_every_source_when_nothing_can_be_had(caches):
+@pytest.mark.parametrize('name', ['hvt_ti_1', f'hf-hub:{hub_id("hvt_ti_1")}'])
+def test_error_names_every_source_when_nothing_can_be_had(caches, name):
     caches.offline()
     with pytest.raises(PretrainedWeightsUnavailable) as info:
-        timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+        timm.create_model(name, pretrained=True, **TINY)
     message = str(info.value)
     for part in (hub_id('hvt_ti_1'), release_url('hvt_ti_1'), str(caches.hf), str(caches.torch_checkpoints)):
         assert part in message
@@ -159,6 +160,11 @@ def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):
     release = str(sources['release_file'])
     model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=release), **TINY)
     assert_weights(model, sources['release_sd'])
+    # train.py --pretrained --pretrained-path X --num-classes 10
+    model = timm.create_model(
+        'hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=release), num_classes=10, **TINY)
+    assert model.head.weight.shape == (10, 192)
+    assert_weights(model, sources['release_sd'], keys=['pos_embed', 'norm.weight'])
     assert_weights(timm.create_model('hvt_ti_1', checkpoint_path=release, **TINY), sources['release_sd'])
     model = timm.create_model('hvt_ti_1', **TINY)
     timm.models.load_checkpoint(model, release)

@@ -13,7 +13,7 @@ so timm still adapts `in_chans` / `num_classes` and no half-loaded model is ever
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -184,8 +184,12 @@ def finish_model(model: nn.Module, origin: Optional[Dict[str, Any]] = None) -> n
     from .hvt import HierarchicalVisionTransformer
     for module in model.modules():
         cfg = getattr(module, 'pretrained_cfg', None)
-        if isinstance(cfg, dict) and cfg.pop('state_dict', None) is not None and origin:
+        if not isinstance(cfg, dict):
+            continue
+        _hub_unavailable.pop(cfg.get('hf_hub_id'), None)  # a note for this model's build only
+        if cfg.pop('state_dict', None) is not None and origin:
             cfg.update({k: v for k, v in origin.items() if v is not None})
+    for module in model.modules():
         if isinstance(module, HierarchicalVisionTransformer):
             module.register_load_state_dict_pre_hook(fit_on_load)
     return model
