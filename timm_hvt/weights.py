@@ -13,7 +13,7 @@ so timm still adapts `in_chans` / `num_classes` and no half-loaded model is ever
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -97,7 +97,7 @@ def _from_hub(hub_id: str, filename: str, cache_dir: Optional[str]) -> str:
     return download_from_hf(hub_id, filename, cache_dir=cache_dir)
 
 
-def _from_url(url: str, cache_dir: Optional[str]) -> str:
+def _from_url(url: Union[str, Tuple[str, str]], cache_dir: Optional[str]) -> str:
     """Local path of the release file at `url`, from the torch hub cache or downloaded into it."""
     if check_cached_file(url, check_hash=False, cache_dir=cache_dir):
         return download_cached_file(url, check_hash=False, cache_dir=cache_dir)
@@ -123,8 +123,6 @@ def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Opt
     if not url and hub_id:
         release = release_cfg_for_hub_id(hub_id)
         url = release.url if release is not None else None
-    if isinstance(url, (list, tuple)):
-        url = url[0]
     if not hub_id and not url:
         raise PretrainedWeightsUnavailable(
             f'{name} has no pretrained weights: its authors released none for this variant. Use pretrained=False, '
@@ -141,14 +139,16 @@ def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Opt
         else:
             return slim_checkpoint(read_checkpoint(path))
     if url:
+        shown_url = url if isinstance(url, str) else url[0]  # timm also takes (url, cache filename)
         if failures:
             _logger.warning(
                 f'Pretrained weights for {name} are not available from the Hugging Face Hub ({hub_id}); '
-                f'falling back to the authors\' release checkpoint {url}, converted on load.')
+                f'falling back to the authors\' release checkpoint {shown_url}, converted on load.')
         try:
             path = _from_url(url, cache_dir)
         except Exception as e:
-            failures.append(f'authors\' release {url}: {_reason(e)} [torch hub cache: {_torch_cache_dir(cache_dir)}]')
+            failures.append(
+                f'authors\' release {shown_url}: {_reason(e)} [torch hub cache: {_torch_cache_dir(cache_dir)}]')
         else:
             return slim_checkpoint(read_checkpoint(path))
     else:
