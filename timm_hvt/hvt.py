@@ -28,15 +28,15 @@ from timm.layers import (
     get_act_layer,
     get_device_dtype,
     get_norm_layer,
+    is_exporting,
     resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
 )
-from timm.layers.pos_embed import is_exporting
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
-from timm.models._manipulate import checkpoint_seq, named_apply
+from timm.models._manipulate import checkpoint, checkpoint_seq, named_apply
 from timm.models.vision_transformer import Block, global_pool_nlc, init_weights_vit_timm
 
 from .paper import ARXIV_ID, PAPER_RESULTS
@@ -282,6 +282,7 @@ class HierarchicalVisionTransformer(nn.Module):
                     num_prefix_tokens=self.num_prefix_tokens,
                     dynamic_size=dynamic_img_size,
                     drop_path=dpr[i],
+                    depth=i,
                     **block_kwargs,
                 ))
             else:
@@ -320,7 +321,7 @@ class HierarchicalVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        return {'pos_embed', 'cls_token', 'blocks.*.pos_embed'}
+        return {'cls_token'} | {name for name, _ in self.named_parameters() if name.endswith('pos_embed')}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -437,7 +438,7 @@ class HierarchicalVisionTransformer(nn.Module):
             blocks = self.blocks[:max_index + 1]
         for i, blk in enumerate(blocks):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x)
             else:
                 x = blk(x)
             if i in take_indices:
@@ -577,7 +578,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _hvt(variant: str, pretrained: bool, embed_dim: int, num_heads: int, num_pool_stages: int, **kwargs):
+def _hvt(variant: str, pretrained: bool, embed_dim: int, num_heads: int, num_pool_stages: int, /, **kwargs):
     model_args = dict(
         patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, num_pool_stages=num_pool_stages)
     return _create_hvt(variant, pretrained=pretrained, **dict(model_args, **kwargs))
