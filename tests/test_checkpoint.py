@@ -1,5 +1,6 @@
 """checkpoint_filter_fn and the load_state_dict hook: which checkpoint forms fit, and how misfits are reported."""
 import argparse
+import logging
 
 import pytest
 import timm
@@ -7,7 +8,7 @@ import torch
 
 import reference_hvt
 from _weights_helpers import TINY, save_hub_weights
-from timm_hvt import checkpoint_filter_fn
+from timm_hvt import HierarchicalVisionTransformer, checkpoint_filter_fn
 from timm_hvt.checkpoint import CheckpointMismatchError, layout_of, read_checkpoint
 
 
@@ -97,14 +98,47 @@ def test_missing_and_unexpected_keys_are_listed(tiny):
     assert 'blocks.1.attn.qkv.bias missing' in str(info.value) and 'dist_token unexpected' in str(info.value)
 
 
-def test_load_state_dict_resamples_for_another_resolution(tiny):
-    _, sd = tiny
-    model = timm.create_model('hvt_ti_1', img_size=288, **TINY)
+def _resample_warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.name == 'timm_hvt.checkpoint' and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize('build', ['create_model', 'class'])
+def test_load_state_dict_resamples_for_another_resolution_and_says_so(tiny, caplog, build):
+    _, sd = tiny  # 224 x 224: 196 tokens, 97 after the pooling
+    if build == 'create_model':
+        model = timm.create_model('hvt_ti_1', img_size=288, **TINY)
+    else:  # the class itself: the same hook, registered by its __init__
+        model = HierarchicalVisionTransformer(img_size=288, embed_dim=192, num_heads=3, num_pool_stages=1, **TINY)
     model.load_state_dict(sd)
     assert model.pos_embed.shape == (1, 324, 192) and model.blocks[0].pos_embed.shape == (1, 161, 192)
     assert torch.equal(model.blocks[1].attn.qkv.weight, sd['blocks.1.attn.qkv.weight'])
+    warnings = _resample_warnings(caplog)
+    assert len(warnings) == 1
+    assert 'pos_embed (1, 196, 192) -> (1, 324, 192)' in warnings[0]
+    assert 'blocks.0.pos_embed (1, 97, 192) -> (1, 161, 192)' in warnings[0]
+    caplog.clear()
+    model.load_state_dict(model.state_dict())  # nothing to resample: nothing said
+    assert not _resample_warnings(caplog)
     with pytest.raises(CheckpointMismatchError, match='1000-class head, the model 10 classes'):
         timm.create_model('hvt_ti_1', num_classes=10, **TINY).load_state_dict(sd)
+
+
+def test_failed_strict_load_leaves_the_model_as_it_was(tiny):
+    _, sd = tiny
+    model = timm.create_model('hvt_ti_1', **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one_missing = {k: v for k, v in sd.items() if k != 'blocks.1.mlp.fc2.bias'}
+    with pytest.raises(CheckpointMismatchError, match='blocks.1.mlp.fc2.bias missing'):
+        model.load_state_dict(one_missing)
+    with pytest.raises(CheckpointMismatchError, match='dist_token unexpected'):
+        model.load_state_dict(dict(sd, dist_token=torch.zeros(1, 1, 192)))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f'{k} was changed by a failed load'
+    # strict=False is the caller's choice: what is there loads, the rest is reported as torch reports it
+    result = model.load_state_dict(one_missing, strict=False)
+    assert result.missing_keys == ['blocks.1.mlp.fc2.bias'] and not result.unexpected_keys
+    assert torch.equal(model.blocks[1].mlp.fc1.weight, sd['blocks.1.mlp.fc1.weight'])
+    assert torch.equal(model.blocks[1].mlp.fc2.bias, before['blocks.1.mlp.fc2.bias'])
 
 
 def test_layout_of_registered_variants():

@@ -5,9 +5,11 @@ timm training checkpoints and this project's own exports (.safetensors or .pth).
 tensors, plain containers and `argparse.Namespace` (which the authors' files carry in 'args').
 """
 import argparse
+import logging
 import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -27,6 +29,8 @@ STATE_DICT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
 HEAD_KEYS = ('head.weight', 'head.bias')
 PATCH_KERNEL_KEY = 'patch_embed.proj.weight'
 MAX_KEYS_SHOWN = 6
+
+_logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -268,8 +272,14 @@ class _Fitter:
             f'Cannot tell the patch grid of the checkpoint\'s {num_tokens}-token pos_embed to resample it to '
             f'{_model_name(self.model)}\'s {_shape(self.target["pos_embed"])}')
 
-    def resample(self, state_dict: Dict[str, torch.Tensor], args: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-        """Resample the patch kernel and every position embedding to the model's patch and image size."""
+    def resample(
+            self,
+            state_dict: Dict[str, torch.Tensor],
+            args: Mapping[str, Any],
+    ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+        """Resample the patch kernel and every position embedding to the model's patch and image size.
+
+        Returns the new state dict and what was resampled ('key (old shape) -> (new shape)')."""
         from .hvt import resample_pos_embed_1d
         out = dict(state_dict)
         kernel, target_kernel = out.get(PATCH_KERNEL_KEY), self.target.get(PATCH_KERNEL_KEY)
@@ -289,7 +299,9 @@ class _Fitter:
         for k, v in state_dict.items():
             if k != 'pos_embed' and k.endswith('.pos_embed') and k in self.target and v.shape[1] != self.target[k][1]:
                 out[k] = resample_pos_embed_1d(v, int(self.target[k][1]))
-        return out
+        changes = [
+            f'{k} {_shape(state_dict[k].shape)} -> {_shape(v.shape)}' for k, v in out.items() if v is not state_dict[k]]
+        return out, changes
 
 
 def _mismatch_hint(key: str, got: Sequence[int], want: Sequence[int]) -> str:
@@ -318,7 +330,9 @@ def adapt_state_dict(
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     fitter = _Fitter(model, target, interpolation=interpolation, antialias=antialias)
     fitter.check_architecture(state_dict, args, full=True)
-    state_dict = fitter.resample(state_dict, args)
+    state_dict, changes = fitter.resample(state_dict, args)
+    if changes:
+        _logger.info(f'Resampled the checkpoint for {_model_name(model)}: {"; ".join(changes)}')
 
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     head_left_to_timm = getattr(model, 'num_classes', None) != cfg.get('num_classes')
@@ -342,6 +356,21 @@ def adapt_state_dict(
     return state_dict
 
 
+def _caller_strict(default: bool) -> bool:
+    """The `strict` argument of the `Module.load_state_dict` call a load_state_dict pre-hook runs in.
+
+    torch hands every module's hooks strict=True whatever the caller asked for (and raises for missing keys only
+    after copying everything else), so the hook reads the caller's choice from that call's frame; `default` when
+    the hook runs outside one (someone calling `_load_from_state_dict` directly)."""
+    code = torch.nn.Module.load_state_dict.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return bool(frame.f_locals.get('strict', default))
+        frame = frame.f_back
+    return default
+
+
 def fit_on_load(
         module: torch.nn.Module,
         state_dict: Dict[str, Any],
@@ -352,20 +381,28 @@ def fit_on_load(
         unexpected_keys: List[str],
         error_msgs: List[str],
 ) -> None:
-    """`load_state_dict` pre-hook: resample size-dependent tensors in place, and fail with a clear message
-    (instead of torch's size-mismatch list) when the state dict belongs to another architecture."""
+    """`load_state_dict` pre-hook of every HVT: resample size-dependent tensors in place (logging a warning that
+    names each), and fail with a clear message (instead of torch's size-mismatch list) when the state dict belongs
+    to another architecture or, with strict=True, lacks or adds keys. Every check runs before torch copies
+    anything, so a failed load leaves the model as it was."""
     own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)}
     if not own:
         return
+    strict = _caller_strict(strict)
     target = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     fitter = _Fitter(module, target)
     fitter.check_architecture(own, {}, full=strict)
-    fitted = fitter.resample(own, {})
+    fitted, changes = fitter.resample(own, {})
     problems = [
         _mismatch_hint(k, v.shape, target[k])
         for k, v in fitted.items() if k in target and tuple(v.shape) != target[k]]
+    if strict:
+        problems += [f'{k} missing' for k in target if k not in fitted]
+        problems += [f'{k} unexpected' for k in fitted if k not in target]
     if problems:
         raise CheckpointMismatchError(f'State dict does not fit {_model_name(module)}: {_list_keys(problems)}')
+    if changes:
+        _logger.warning(f'Resampled the state dict loaded into {_model_name(module)}: {"; ".join(changes)}')
     for k, v in fitted.items():
         if v is not own[k]:
             state_dict[prefix + k] = v

@@ -294,6 +294,8 @@ class HierarchicalVisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.init_weights(needs_reset=False)
+        from .checkpoint import fit_on_load  # load_state_dict resamples to this size (with a warning) or explains
+        self.register_load_state_dict_pre_hook(fit_on_load)
 
     def _pooled_seq_lens(self, grid_size: Sequence[int]) -> List[int]:
         where = f' at a {grid_size[0]}x{grid_size[1]} patch grid'

@@ -23,7 +23,7 @@ from timm.models._hub import check_cached_file, download_cached_file, download_f
 from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg, list_pretrained
 
-from .checkpoint import CheckpointError, CheckpointReadError, fit_on_load, read_checkpoint, slim_checkpoint
+from .checkpoint import CheckpointError, CheckpointReadError, read_checkpoint, slim_checkpoint
 
 __all__ = [
     'HF_WEIGHTS_FILE', 'PretrainedWeightsUnavailable', 'fetch_pretrained', 'prepare_pretrained', 'finish_model',
@@ -178,10 +178,7 @@ def prepare_pretrained(variant: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, 
 
 
 def finish_model(model: nn.Module, origin: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """Drop the loaded weights from every pretrained cfg on `model` and restore the cfg's source; give each HVT
-    in it the load_state_dict pre-hook that fits checkpoints, so `checkpoint_path=` and `load_checkpoint` resample
-    position embeddings and explain architecture mismatches too."""
-    from .hvt import HierarchicalVisionTransformer
+    """Drop the loaded weights from every pretrained cfg on `model` and restore the cfg's source."""
     for module in model.modules():
         cfg = getattr(module, 'pretrained_cfg', None)
         if not isinstance(cfg, dict):
@@ -189,9 +186,6 @@ def finish_model(model: nn.Module, origin: Optional[Dict[str, Any]] = None) -> n
         _hub_unavailable.pop(cfg.get('hf_hub_id'), None)  # a note for this model's build only
         if cfg.pop('state_dict', None) is not None and origin:
             cfg.update({k: v for k, v in origin.items() if v is not None})
-    for module in model.modules():
-        if isinstance(module, HierarchicalVisionTransformer):
-            module.register_load_state_dict_pre_hook(fit_on_load)
     return model
 
 
