@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from safetensors import SafetensorError
 
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import clean_state_dict
 
 __all__ = [
-    'CheckpointError', 'CheckpointReadError', 'UnsafeCheckpointError', 'CheckpointMismatchError',
+    'CheckpointError', 'CheckpointReadError', 'CheckpointNotFoundError', 'CheckpointUnpicklingError',
+    'CheckpointEOFError', 'UnsafeCheckpointError', 'CheckpointMismatchError', 'read_error_naming_file',
     'read_checkpoint', 'unwrap_state_dict', 'checkpoint_args', 'slim_checkpoint', 'HvtLayout', 'layout_of',
     'adapt_state_dict', 'fit_on_load',
 ]
@@ -41,6 +43,18 @@ class CheckpointReadError(CheckpointError):
     """A checkpoint file is missing, truncated, corrupt or of an unknown format."""
 
 
+class CheckpointNotFoundError(CheckpointReadError, FileNotFoundError):
+    """There is no checkpoint file at the given path."""
+
+
+class CheckpointUnpicklingError(CheckpointReadError, pickle.UnpicklingError):
+    """A checkpoint file's pickle data could not be read."""
+
+
+class CheckpointEOFError(CheckpointReadError, EOFError):
+    """A checkpoint file ended before its data did (empty or truncated)."""
+
+
 class UnsafeCheckpointError(CheckpointReadError):
     """A checkpoint file would need arbitrary code to unpickle; it was refused."""
 
@@ -49,9 +63,33 @@ class CheckpointMismatchError(CheckpointError):
     """A state dict belongs to another architecture than the model it is loaded into."""
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """'ErrorType: first line of its message', for one-line reports of an error."""
     text = str(e).strip().splitlines()
     return f'{type(e).__name__}: {text[0]}' if text else type(e).__name__
+
+
+# errors of reading a checkpoint file: (its type, the CheckpointReadError subclass of that type that names the file,
+# a message for when the original has none)
+_READ_ERRORS = (
+    (FileNotFoundError, CheckpointNotFoundError, 'no such file'),
+    (EOFError, CheckpointEOFError, 'the file ends early (empty or truncated)'),
+    (pickle.UnpicklingError, CheckpointUnpicklingError, ''),
+    (RuntimeError, CheckpointReadError, ''),  # torch's zip reader; timm's weights_only refusal
+    (SafetensorError, CheckpointReadError, ''),  # the safetensors reader
+)
+
+
+def read_error_naming_file(e: BaseException, path: Any) -> Optional[CheckpointReadError]:
+    """For an error of reading the checkpoint file at `path`: a CheckpointReadError, of a subclass of the
+    original's type where there is one (else RuntimeError), whose message is the path followed by the original's
+    message. None for any other error, which should propagate as it is. Raise the result `from e`."""
+    if isinstance(e, CheckpointError):
+        return None
+    for base, named, default in _READ_ERRORS:
+        if isinstance(e, base):
+            return named(f'Cannot read checkpoint {path}: {str(e).strip() or default or type(e).__name__}')
+    return None
 
 
 def _unsafe_globals(path: str) -> List[str]:
@@ -65,17 +103,17 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
     """Read a .safetensors or PyTorch checkpoint file without running any code stored in it.
 
     PyTorch files are loaded with `weights_only=True`, allowing `argparse.Namespace` as the only extra type.
-    Errors name the file: FileNotFoundError, UnsafeCheckpointError, CheckpointReadError.
+    Errors name the file: CheckpointNotFoundError (a FileNotFoundError), UnsafeCheckpointError, CheckpointReadError.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'No checkpoint file at {path}')
+        raise CheckpointNotFoundError(f'No checkpoint file at {path}')
     if path.endswith('.safetensors'):
         import safetensors.torch
         try:
             return safetensors.torch.load_file(path, device='cpu')
         except Exception as e:
-            raise CheckpointReadError(f'{path} is truncated or not a safetensors file ({_first_line(e)})') from e
+            raise CheckpointReadError(f'{path} is truncated or not a safetensors file ({first_line(e)})') from e
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
@@ -85,9 +123,9 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Any:
             raise UnsafeCheckpointError(
                 f'Refused to load {path}: unpickling it would import {", ".join(unsafe)}, which could run '
                 f'arbitrary code. Only tensors, plain containers and argparse.Namespace are allowed.') from e
-        raise CheckpointReadError(f'{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})') from e
+        raise CheckpointReadError(f'{path} is truncated or not a PyTorch checkpoint ({first_line(e)})') from e
     except Exception as e:
-        raise CheckpointReadError(f'{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})') from e
+        raise CheckpointReadError(f'{path} is truncated or not a PyTorch checkpoint ({first_line(e)})') from e
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:

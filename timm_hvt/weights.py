@@ -23,7 +23,9 @@ from timm.models._hub import check_cached_file, download_cached_file, download_f
 from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg, list_pretrained
 
-from .checkpoint import CheckpointError, CheckpointReadError, read_checkpoint, slim_checkpoint
+from .checkpoint import (
+    CheckpointError, CheckpointReadError, first_line, read_checkpoint, read_error_naming_file, slim_checkpoint,
+)
 
 __all__ = [
     'HF_WEIGHTS_FILE', 'PretrainedWeightsUnavailable', 'fetch_pretrained', 'prepare_pretrained', 'finish_model',
@@ -59,11 +61,6 @@ def _hub_offline() -> bool:
     from huggingface_hub import constants
     is_offline = getattr(constants, 'is_offline_mode', None)
     return bool(is_offline() if callable(is_offline) else constants.HF_HUB_OFFLINE)
-
-
-def _reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
 
 
 def release_cfg_for_hub_id(hub_id: str) -> Optional[PretrainedCfg]:
@@ -135,7 +132,7 @@ def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Opt
             path = _from_hub(hub_id, filename, cache_dir)
         except Exception as e:
             failures.append(
-                f'Hugging Face Hub {hub_id} ({filename}): {_reason(e)} [HF cache: {_hf_cache_dir(cache_dir)}]')
+                f'Hugging Face Hub {hub_id} ({filename}): {first_line(e)} [HF cache: {_hf_cache_dir(cache_dir)}]')
         else:
             return slim_checkpoint(read_checkpoint(path))
     if url:
@@ -148,7 +145,7 @@ def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Opt
             path = _from_url(url, cache_dir)
         except Exception as e:
             failures.append(
-                f'authors\' release {shown_url}: {_reason(e)} [torch hub cache: {_torch_cache_dir(cache_dir)}]')
+                f'authors\' release {shown_url}: {first_line(e)} [torch hub cache: {_torch_cache_dir(cache_dir)}]')
         else:
             return slim_checkpoint(read_checkpoint(path))
     else:
@@ -203,8 +200,8 @@ def _hub_config_with_release_fallback(load_config: Callable) -> Callable:
             release = release_cfg_for_hub_id(model_id)
             if release is None or not _is_hub_unavailable(e):
                 raise
-            _logger.info(f'config.json of {model_id} not available ({_reason(e)}); using the registered cfg')
-            _hub_unavailable[model_id] = _reason(e)
+            _logger.info(f'config.json of {model_id} not available ({first_line(e)}); using the registered cfg')
+            _hub_unavailable[model_id] = first_line(e)
             pretrained_cfg = dict(release.to_dict(), hf_hub_id=model_id, source='hf-hub')
             return pretrained_cfg, pretrained_cfg.pop('architecture'), {}
 
@@ -213,20 +210,18 @@ def _hub_config_with_release_fallback(load_config: Callable) -> Callable:
 
 
 def _load_state_dict_naming_file(load_state_dict: Callable) -> Callable:
-    """Wrap timm's `load_state_dict` (behind `load_checkpoint`, `checkpoint_path=`, `--initial-checkpoint`) so a
-    missing, truncated, corrupt or refused file fails with an error that names it. Loading itself is unchanged."""
+    """Wrap timm's `load_state_dict` (behind `load_checkpoint`, `checkpoint_path=`, `--initial-checkpoint`, for
+    every timm model) so a missing, truncated, corrupt or refused file fails naming it: timm's / torch's own error,
+    its message kept whole after the file name, chained to it, as a CheckpointReadError that is also of the
+    original's type. Any other error, and loading itself, are left as they are; the file is read once."""
     def load_state_dict_naming_file(checkpoint_path, *args, **kwargs):
         try:
             return load_state_dict(checkpoint_path, *args, **kwargs)
-        except CheckpointError:
-            raise
-        except FileNotFoundError as e:
-            if not os.path.isfile(checkpoint_path or ''):
-                raise FileNotFoundError(f'No checkpoint file at {checkpoint_path}') from e
-            raise
         except Exception as e:
-            read_checkpoint(checkpoint_path)  # raises the error that names the file
-            raise
+            named = read_error_naming_file(e, checkpoint_path)
+            if named is None:
+                raise
+            raise named from e
 
     load_state_dict_naming_file.timm_hvt_wrapped = load_state_dict
     return load_state_dict_naming_file
