@@ -65,11 +65,16 @@ class Caches:
         self.monkeypatch.setattr(constants, 'ENDPOINT', url)
         self.monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
 
+    def hub_snapshot(self, repo_id: str, commit: Optional[str] = None) -> Path:
+        """The folder of `put_hub_repo`'s files for `repo_id` (the paths hf_hub_download returns)."""
+        commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
+        return self.hf / ('models--' + repo_id.replace('/', '--')) / 'snapshots' / commit
+
     def put_hub_repo(self, repo_id: str, files: Dict[str, Union[bytes, Path]], commit: Optional[str] = None) -> Path:
         """Lay `files` out as huggingface_hub caches a repo: blobs/, snapshots/<commit>/ links, refs/main."""
-        repo_dir = self.hf / ('models--' + repo_id.replace('/', '--'))
-        commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
-        snapshot = repo_dir / 'snapshots' / commit
+        snapshot = self.hub_snapshot(repo_id, commit)
+        repo_dir = snapshot.parents[1]
+        commit = snapshot.name
         (repo_dir / 'blobs').mkdir(parents=True, exist_ok=True)
         snapshot.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():

@@ -18,9 +18,10 @@ from _weights_helpers import (
     TINY, Caches, assert_weights, caches, fake_hub, hub_id, offline_env, release_url, save_authors_checkpoint,
     save_hub_weights,
 )
+from timm_hvt.checkpoint import read_checkpoint
 from timm_hvt.hvt import HF_HUB_NAMESPACE, resample_pos_embed_1d
 from timm_hvt.paper import ARXIV_ID, PAPER_RESULTS
-from timm_hvt.weights import PretrainedWeightsUnavailable
+from timm_hvt.weights import PretrainedWeightsUnavailable, find_weights_file
 
 RELEASED = ['hvt_s_0', 'hvt_s_1', 'hvt_s_2', 'hvt_s_3', 'hvt_s_4', 'hvt_ti_1']
 WEIGHTS_LOGGER = 'timm_hvt.weights'
@@ -153,6 +154,58 @@ def test_hf_hub_model_name_falls_back_to_release(sources, caplog):
     assert len(_fallback_warnings(caplog)) == 1
     with pytest.raises(LocalEntryNotFoundError):
         timm.create_model('hf-hub:someone/else', pretrained=True)  # not this project's repo: no fallback
+
+
+def test_hub_asked_once_and_its_note_dies_with_the_build(sources, caplog):
+    c = sources['caches']
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with fake_hub('RepoNotFound') as hub:
+        c.endpoint(hub.url)
+        model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
+    # config.json was missing: the weights went straight to the fallback, without asking the hub again
+    assert any('config.json' in r for r in hub.requests)
+    assert not any('model.safetensors' in r or 'pytorch_model.bin' in r for r in hub.requests), hub.requests
+    assert_weights(model, sources['release_sd'])
+    assert 'hub_unavailable' not in model.pretrained_cfg
+
+    c.offline()
+    with pytest.raises(TypeError):  # a build that fails after the config fallback ...
+        timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', no_such_argument=1, **TINY)
+    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
+    caplog.clear()
+    # ... leaves nothing behind: the next build asks the hub (here: finds the repo in the HF cache)
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
+    assert not _fallback_warnings(caplog)
+
+
+def test_hub_repo_with_pytorch_model_bin_only(sources, caplog):
+    # a third-party repo of fine-tuned HVT weights, saved with torch.save instead of safetensors
+    c = sources['caches']
+    cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
+    config = dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+    c.put_hub_repo('someone/hvt-bin', {
+        'pytorch_model.bin': sources['release_file'], 'config.json': json.dumps(config).encode()})
+    c.offline()
+    model = timm.create_model('hf-hub:someone/hvt-bin', pretrained=True)
+    assert_weights(model, sources['release_sd'])
+    assert model.pretrained_cfg['hf_hub_id'] == 'someone/hvt-bin'
+    assert not _fallback_warnings(caplog)
+
+
+def test_folder_with_several_checkpoints_is_read_as_timm_reads_it(tmp_path, caplog):
+    folder = tmp_path / 'output'
+    folder.mkdir()
+    for epoch in (0, 299):
+        torch.save({'epoch': torch.tensor(epoch)}, folder / f'checkpoint-{epoch}.pth')
+    chosen = find_weights_file(str(folder))
+    timm_choice = timm.models._hub.load_state_dict_from_path(folder)  # timm's local-dir: loader
+    assert torch.equal(read_checkpoint(chosen)['epoch'], timm_choice['epoch'])
+    warnings = [r.getMessage() for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'checkpoint-0.pth' in warnings[0] and 'checkpoint-299.pth' in warnings[0]
+    (folder / 'pytorch_model.bin').write_bytes(b'')  # a preferred name settles it
+    caplog.clear()
+    assert find_weights_file(str(folder)) == str(folder / 'pytorch_model.bin')
+    assert not caplog.records
 
 
 def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):

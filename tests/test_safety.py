@@ -1,6 +1,7 @@
 """No load path unpickles code; truncated and corrupt files fail with an error naming the file. On timm's own
 routes (load_checkpoint, checkpoint_path=) that error is timm's / torch's, the file name put in front, for every
 timm model, and a caller's weights_only=False is left alone."""
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Dict
@@ -20,8 +21,9 @@ from timm_hvt.convert import convert_checkpoint
 
 # routes where timm itself reads the file (timm_hvt only names the file in timm's error)
 TIMM_ROUTES = ('checkpoint_path (--initial-checkpoint)', 'timm.models.load_checkpoint')
-# routes that read the file from the torch hub cache the route puts it in
-CACHE_ROUTES = ('pretrained=True (release fallback)', 'hf-hub: name (release fallback)')
+# routes that read the file from a cache the route puts it in: from the torch hub cache or the HF cache
+CACHE_ROUTES = ('pretrained=True (release fallback)', 'hf-hub: name (release fallback)',
+                'pretrained=True (hub pytorch_model.bin)')
 
 
 def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
@@ -35,6 +37,13 @@ def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
         c.put_release(release_url('hvt_ti_1'), path)
         return timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
 
+    def pretrained_hub_bin(path: Path):
+        snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'pytorch_model.bin': path})
+        try:
+            return timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+        finally:  # the other routes must not find it
+            shutil.rmtree(snapshot.parents[1])
+
     def load_checkpoint(path: Path):
         return timm.models.load_checkpoint(timm.create_model('hvt_ti_1', **TINY), str(path))
 
@@ -42,6 +51,7 @@ def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
         'read_checkpoint': read_checkpoint,
         'pretrained=True (release fallback)': pretrained_release,
         'hf-hub: name (release fallback)': hf_hub_name_release,
+        'pretrained=True (hub pytorch_model.bin)': pretrained_hub_bin,
         'pretrained_cfg_overlay file (--pretrained-path)': lambda path: timm.create_model(
             'hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY),
         'checkpoint_path (--initial-checkpoint)': lambda path: timm.create_model(
@@ -54,6 +64,8 @@ def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
 def _read_as(c: Caches, route: str, path: Path) -> Path:
     if 'release fallback' in route:
         return c.torch_checkpoints / 'hvt_ti_1.pth'
+    if 'hub pytorch_model.bin' in route:
+        return c.hub_snapshot(hub_id('hvt_ti_1')) / 'pytorch_model.bin'
     return path
 
 
@@ -118,7 +130,7 @@ def test_damaged_files_fail_naming_the_file(caches, tmp_path):
     for kind, path in _damaged_files(tmp_path).items():
         for route, load in routes.items():
             if route in CACHE_ROUTES and path.suffix != '.pth':
-                continue  # release files are .pth
+                continue  # release files and the hub's pytorch_model.bin are PyTorch files
             with pytest.raises(CheckpointReadError) as info:
                 load(path)
             message = str(info.value)

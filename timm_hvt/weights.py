@@ -1,11 +1,13 @@
 """Where HVT's pretrained weights come from, in order:
 
-1. the Hugging Face Hub repo of the pretrained cfg (`hf_hub_id`: model.safetensors in timm's layout);
+1. the Hugging Face Hub repo of the pretrained cfg (`hf_hub_id`): model.safetensors in timm's layout, else
+   pytorch_model.bin (the file names and their order are timm's);
 2. if that repo / file does not exist or the hub cannot be reached, the authors' release checkpoint (`url`),
    downloaded into the torch hub cache and converted on load by the model's checkpoint filter.
 
-Local files (`pretrained_cfg_overlay=dict(file=...)`, `local-dir:` names) are read directly. Every file is read
-by `read_checkpoint`, which never unpickles code. `HF_HUB_OFFLINE=1` uses whatever either cache holds.
+Local files (`pretrained_cfg_overlay=dict(file=...)`, `local-dir:` names) are read directly; in a folder the file
+is chosen as timm's `local-dir:` loader chooses it. Every file is read by `read_checkpoint`, which never unpickles
+code. `HF_HUB_OFFLINE=1` uses whatever either cache holds.
 
 The weights are fetched before the model is built and handed to timm's own loader as the cfg's `state_dict`,
 so timm still adapts `in_chans` / `num_classes` and no half-loaded model is ever returned.
@@ -16,9 +18,10 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
+from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
-from timm.models import _builder, _factory, _helpers
+from timm.models import _builder, _factory, _helpers, _hub
 from timm.models._hub import check_cached_file, download_cached_file, download_from_hf, hf_split
 from timm.models._pretrained import PretrainedCfg
 from timm.models._registry import get_pretrained_cfg, list_pretrained
@@ -28,24 +31,31 @@ from .checkpoint import (
 )
 
 __all__ = [
-    'HF_WEIGHTS_FILE', 'PretrainedWeightsUnavailable', 'fetch_pretrained', 'prepare_pretrained', 'finish_model',
-    'find_weights_file', 'release_cfg_for_hub_id', 'install_timm_hooks',
+    'HF_WEIGHTS_FILE', 'PretrainedWeightsUnavailable', 'HubFallbackCfg', 'fetch_pretrained', 'prepare_pretrained',
+    'finish_model', 'hub_weights_files', 'find_weights_file', 'release_cfg_for_hub_id', 'install_timm_hooks',
 ]
 
 _logger = logging.getLogger(__name__)
 
-HF_WEIGHTS_FILE = 'model.safetensors'
-# files a local weights folder may hold, best first (this project's export, then common PyTorch names)
-LOCAL_WEIGHTS_FILES = (HF_WEIGHTS_FILE, 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
-LOCAL_WEIGHTS_EXTS = ('.safetensors', '.pth', '.pth.tar', '.bin', '.pt')
-
-# hub ids whose config.json just failed to resolve, with the reason: the weights fetch that follows in the same
-# create_model call then goes straight to the fallback instead of waiting for the hub a second time
-_hub_unavailable: Dict[str, str] = {}
+HF_WEIGHTS_FILE = _hub.HF_SAFE_WEIGHTS_NAME  # model.safetensors: what `timm-hvt convert` writes
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """No source of a model's pretrained weights could be used."""
+
+
+@dataclasses.dataclass
+class HubFallbackCfg(PretrainedCfg):
+    """The registered cfg standing in for the config.json of an `hf-hub:` name of this project that could not be
+    had. `hub_unavailable` says why, so the weights fetch of the same build goes straight to the release fallback
+    instead of asking the hub again. The note lives and dies with this cfg object; `to_dict` (which becomes the
+    model's `pretrained_cfg`) leaves it out."""
+    hub_unavailable: Optional[str] = None
+
+    def to_dict(self, remove_source: bool = False, remove_null: bool = True) -> Dict[str, Any]:
+        out = super().to_dict(remove_source=remove_source, remove_null=remove_null)
+        out.pop('hub_unavailable', None)
+        return out
 
 
 def _hf_cache_dir(cache_dir: Optional[str]) -> str:
@@ -74,24 +84,42 @@ def release_cfg_for_hub_id(hub_id: str) -> Optional[PretrainedCfg]:
 
 
 def find_weights_file(path: str) -> str:
-    """`path` itself, or for a folder the weights file in it (model.safetensors first)."""
+    """`path` itself, or for a folder the weights file in it, chosen as timm's `local-dir:` loader chooses: the
+    first of timm's preferred names (model.safetensors first), else the first file of timm's first extension
+    present, with a warning naming the others when there are several."""
     if not os.path.isdir(path):
         return path
-    for name in LOCAL_WEIGHTS_FILES:
+    for name in _hub._PREFERRED_FILES:
         if os.path.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
-    for ext in LOCAL_WEIGHTS_EXTS:
-        found = sorted(f for f in os.listdir(path) if f.endswith(ext))
+    for ext in _hub._EXT_PRIORITY:
+        found = sorted(f for f in os.listdir(path) if f.endswith(ext) and os.path.isfile(os.path.join(path, f)))
+        if len(found) > 1:
+            _logger.warning(
+                f'{len(found)} {ext} checkpoints in {path}: {", ".join(found)}. Loading {found[0]}; '
+                f'pass the file itself to load another.')
         if found:
             return os.path.join(path, found[0])
-    raise CheckpointReadError(f'No weights file ({", ".join(LOCAL_WEIGHTS_EXTS)}) in folder {path}')
+    raise CheckpointReadError(f'No weights file ({", ".join(_hub._EXT_PRIORITY)}) in folder {path}')
 
 
-def _from_hub(hub_id: str, filename: str, cache_dir: Optional[str]) -> str:
-    """Local path of `filename` in hub repo `hub_id`, downloaded or from the HF cache."""
-    if hub_id in _hub_unavailable:
-        raise FileNotFoundError(_hub_unavailable.pop(hub_id))
-    return download_from_hf(hub_id, filename, cache_dir=cache_dir)
+def hub_weights_files(filename: Optional[str] = None) -> Tuple[str, ...]:
+    """The files of a hub repo to try for its weights, in order. As in timm: `filename` defaults to
+    pytorch_model.bin, and its .safetensors alternative (model.safetensors for the default) comes first."""
+    filename = filename or _hub.HF_WEIGHTS_NAME
+    if filename.endswith('.safetensors'):
+        return filename,
+    return (*_hub._get_safe_alternatives(filename), filename)
+
+
+def _from_hub(hub_id: str, filenames: Tuple[str, ...], cache_dir: Optional[str]) -> str:
+    """Local path of the first of `filenames` that hub repo `hub_id` has, downloaded or from the HF cache."""
+    for filename in filenames[:-1]:
+        try:
+            return download_from_hf(hub_id, filename, cache_dir=cache_dir)
+        except EntryNotFoundError:  # also raised offline / unreachable when the file is not in the HF cache
+            pass
+    return download_from_hf(hub_id, filenames[-1], cache_dir=cache_dir)
 
 
 def _from_url(url: Union[str, Tuple[str, str]], cache_dir: Optional[str]) -> str:
@@ -127,12 +155,16 @@ def fetch_pretrained(cfg: PretrainedCfg, cache_dir: Optional[str] = None) -> Opt
 
     failures = []
     if hub_id:
-        filename = cfg.hf_hub_filename or HF_WEIGHTS_FILE
+        filenames = hub_weights_files(cfg.hf_hub_filename)
+        hub_unavailable = getattr(cfg, 'hub_unavailable', None)
         try:
-            path = _from_hub(hub_id, filename, cache_dir)
+            if hub_unavailable:
+                raise FileNotFoundError(hub_unavailable)
+            path = _from_hub(hub_id, filenames, cache_dir)
         except Exception as e:
             failures.append(
-                f'Hugging Face Hub {hub_id} ({filename}): {first_line(e)} [HF cache: {_hf_cache_dir(cache_dir)}]')
+                f'Hugging Face Hub {hub_id} ({", ".join(filenames)}): {first_line(e)} '
+                f'[HF cache: {_hf_cache_dir(cache_dir)}]')
         else:
             return slim_checkpoint(read_checkpoint(path))
     if url:
@@ -178,10 +210,7 @@ def finish_model(model: nn.Module, origin: Optional[Dict[str, Any]] = None) -> n
     """Drop the loaded weights from every pretrained cfg on `model` and restore the cfg's source."""
     for module in model.modules():
         cfg = getattr(module, 'pretrained_cfg', None)
-        if not isinstance(cfg, dict):
-            continue
-        _hub_unavailable.pop(cfg.get('hf_hub_id'), None)  # a note for this model's build only
-        if cfg.pop('state_dict', None) is not None and origin:
+        if isinstance(cfg, dict) and cfg.pop('state_dict', None) is not None and origin:
             cfg.update({k: v for k, v in origin.items() if v is not None})
     return model
 
@@ -193,7 +222,7 @@ def _is_hub_unavailable(e: BaseException) -> bool:
 def _hub_config_with_release_fallback(load_config: Callable) -> Callable:
     """Wrap timm's `load_model_config_from_hf` so `hf-hub:` names of this project's repos still resolve (to the
     registered cfg) when the repo is missing or the hub unreachable; the weights then come from the fallback."""
-    def load_model_config_from_hf(model_id: str, *args, **kwargs) -> Tuple[Dict[str, Any], str, Dict[str, Any]]:
+    def load_model_config_from_hf(model_id: str, *args, **kwargs) -> Tuple[Any, str, Dict[str, Any]]:
         try:
             return load_config(model_id, *args, **kwargs)
         except Exception as e:
@@ -201,9 +230,9 @@ def _hub_config_with_release_fallback(load_config: Callable) -> Callable:
             if release is None or not _is_hub_unavailable(e):
                 raise
             _logger.info(f'config.json of {model_id} not available ({first_line(e)}); using the registered cfg')
-            _hub_unavailable[model_id] = first_line(e)
-            pretrained_cfg = dict(release.to_dict(), hf_hub_id=model_id, source='hf-hub')
-            return pretrained_cfg, pretrained_cfg.pop('architecture'), {}
+            pretrained_cfg = HubFallbackCfg(**dict(
+                release.to_dict(), hf_hub_id=model_id, source='hf-hub', hub_unavailable=first_line(e)))
+            return pretrained_cfg, release.architecture, {}
 
     load_model_config_from_hf.timm_hvt_wrapped = load_config
     return load_model_config_from_hf
