@@ -42,11 +42,25 @@ def test_converted_folder_is_what_pretrained_loads(ti_folder, ti_checkpoint, cac
     assert_weights(timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True), ti_checkpoint[1])
 
 
+def _hvt_ti_1_params(img_size: int, num_classes: int) -> int:
+    """hvt_ti_1's parameter count from the spec's shapes: D=192, patch 16, 12 blocks of MLP 4D, one pooling
+    (after block 0, kernel 3 stride 2) with its own position embedding."""
+    d, tokens = 192, (img_size // 16) ** 2
+    pooled = (tokens - 3) // 2 + 1
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)  # 2 LN, qkv, proj, mlp
+    patch_embed, norm, head = 3 * 16 * 16 * d + d, 2 * d, d * num_classes + num_classes
+    return patch_embed + tokens * d + 12 * block + pooled * d + norm + head
+
+
 def test_convert_keeps_a_fine_tuned_head_and_resolution(tmp_path):
     source = tmp_path / 'finetuned.pth'
     sd = save_authors_checkpoint(source, 'hvt_ti_1', img_size=288, num_classes=10)
     result = convert_checkpoint(str(source), 'hvt_ti_1', str(tmp_path / 'out'), repo_id='me/hvt-ft')
     assert result.max_abs_diff <= 1e-5
+    # the derivation gives the paper's 5.74M at 224 px / 1000 classes; at 288 px (324 tokens, 161 after the
+    # pooling) with 10 classes it gives 5,581,450, the card's 5.58
+    assert f'{_hvt_ti_1_params(224, 1000) / 1e6:.2f}' == '5.74'
+    assert round(result.params_m * 1e6) == _hvt_ti_1_params(288, 10) == 5_581_450
     config = json.loads((tmp_path / 'out' / 'config.json').read_text())
     assert config['num_classes'] == 10 and config['model_args']['img_size'] == [288, 288]
     model = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)

@@ -42,11 +42,8 @@ def _weights_source(name_tag: str) -> str:
     return f'{name_tag}: hf-hub:{cfg.hf_hub_id} (fallback {cfg.url})'
 
 
-def _fmt(value, spec: str) -> str:
-    return '-' if value is None else format(value, spec)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
+    from timm_hvt.convert import _fmt
     rows = variant_rows()
     header = f'{"model":<10} {"img":>4} {"params(M)":>9} {"GMACs":>6} {"paper params":>12} ' \
              f'{"paper GFLOPs":>12} {"paper top-1":>11}  pretrained weights'

@@ -91,8 +91,9 @@ def _fixed_input(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, model.in_chans, height, width, generator=generator)
 
 
-def _fmt(value: Optional[float]) -> str:
-    return '-' if value is None else f'{value:.2f}'
+def _fmt(value: Optional[float], spec: str = '.2f') -> str:
+    """`value` formatted, or '-' for a figure that does not exist (e.g. a paper number of an unpublished variant)."""
+    return '-' if value is None else format(value, spec)
 
 
 def model_card(
