@@ -1,5 +1,7 @@
 """The loaded models compute what the paper describes: logits against an independent reference forward
-(tests/reference_hvt.py) on the authors'-layout state dict, directly and after convert -> hub folder -> reload."""
+(tests/reference_hvt.py) on the authors'-layout state dict, directly, and for the variant with the most pooling
+stages also after convert -> hub folder -> reload (the other variants' folders differ only in shapes and names;
+test_convert.py reloads hvt_ti_1's)."""
 import pytest
 import timm
 import torch
@@ -22,6 +24,10 @@ def test_logits_match_the_reference(arch, caches, tmp_path):
     model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(source))).eval()
     with torch.no_grad():
         direct = (model(images) - expected).abs().max().item()
+    print(f'{arch}: max abs logits diff vs reference: direct {direct:.2e}')
+    assert direct <= ATOL
+    if arch != 'hvt_s_4':
+        return
 
     folder = tmp_path / 'hub'
     convert_checkpoint(str(source), arch, str(folder))
@@ -30,11 +36,9 @@ def test_logits_match_the_reference(arch, caches, tmp_path):
     reloaded = timm.create_model(arch, pretrained=True).eval()
     with torch.no_grad():
         round_trip = (reloaded(images) - expected).abs().max().item()
-    print(f'{arch}: max abs logits diff vs reference: direct {direct:.2e}, after convert/hub/reload {round_trip:.2e}')
-    assert direct <= ATOL and round_trip <= ATOL
+    print(f'{arch}: max abs logits diff vs reference after convert/hub/reload {round_trip:.2e}')
+    assert round_trip <= ATOL
 
-    if arch != 'hvt_s_4':
-        return
     # the comparison sees HVT's pooling stages: leaving out their position embeddings is far off
     unpooled = {k: (torch.zeros_like(v) if k.startswith('blocks.') and k.endswith('pos_embed') else v)
                 for k, v in sd.items()}
