@@ -7,8 +7,6 @@ import http.server
 import os
 import pickle
 import socket
-import subprocess
-import sys
 import threading
 import time
 import types
@@ -21,9 +19,6 @@ import pytest
 import torch
 
 import reference_hvt
-
-PYTHON = sys.executable
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def hub_id(arch: str) -> str:
@@ -245,13 +240,6 @@ def unpickle_without_safeguards(path: Path) -> None:
 
     import io
     Unpickler(io.BytesIO(data)).load()
-
-
-def run_cli(*args: str, env: Optional[Dict[str, str]] = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run(
-        [PYTHON, '-m', 'timm_hvt.cli', *args], capture_output=True, text=True, env=full_env, timeout=timeout,
-        cwd=str(REPO_ROOT))
 
 
 def offline_env(root: Path) -> Dict[str, str]:

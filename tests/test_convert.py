@@ -47,7 +47,8 @@ def _hvt_ti_1_params(img_size: int, num_classes: int) -> int:
     (after block 0, kernel 3 stride 2) with its own position embedding."""
     d, tokens = 192, (img_size // 16) ** 2
     pooled = (tokens - 3) // 2 + 1
-    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)  # 2 LN, qkv, proj, mlp
+    # two LayerNorms, qkv, attention proj, mlp fc1, fc2
+    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
     patch_embed, norm, head = 3 * 16 * 16 * d + d, 2 * d, d * num_classes + num_classes
     return patch_embed + tokens * d + 12 * block + pooled * d + norm + head
 

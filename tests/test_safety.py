@@ -138,6 +138,7 @@ def test_damaged_files_fail_naming_the_file(caches, tmp_path):
             if route in TIMM_ROUTES:  # timm's / torch's own error, the file named before it
                 assert message.startswith(f'Cannot read checkpoint {path}: '), (kind, route)
                 assert str(info.value.__cause__).strip() in message, (kind, route)
+                assert isinstance(info.value, type(info.value.__cause__)), (kind, route)  # caught as before
             else:
                 assert 'truncated or not a' in message, (kind, route)
 

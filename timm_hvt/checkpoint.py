@@ -21,9 +21,9 @@ from timm.models import clean_state_dict
 
 __all__ = [
     'CheckpointError', 'CheckpointReadError', 'CheckpointNotFoundError', 'CheckpointUnpicklingError',
-    'CheckpointEOFError', 'UnsafeCheckpointError', 'CheckpointMismatchError', 'read_error_naming_file',
-    'read_checkpoint', 'unwrap_state_dict', 'checkpoint_args', 'slim_checkpoint', 'HvtLayout', 'layout_of',
-    'adapt_state_dict', 'fit_on_load',
+    'CheckpointEOFError', 'CheckpointSafetensorError', 'UnsafeCheckpointError', 'CheckpointMismatchError',
+    'read_error_naming_file', 'read_checkpoint', 'unwrap_state_dict', 'checkpoint_args', 'slim_checkpoint',
+    'HvtLayout', 'layout_of', 'adapt_state_dict', 'fit_on_load',
 ]
 
 # checkpoint keys holding a state dict, in the order timm's own loader prefers them
@@ -55,6 +55,10 @@ class CheckpointEOFError(CheckpointReadError, EOFError):
     """A checkpoint file ended before its data did (empty or truncated)."""
 
 
+class CheckpointSafetensorError(CheckpointReadError, SafetensorError):
+    """A .safetensors file could not be read."""
+
+
 class UnsafeCheckpointError(CheckpointReadError):
     """A checkpoint file would need arbitrary code to unpickle; it was refused."""
 
@@ -76,14 +80,14 @@ _READ_ERRORS = (
     (EOFError, CheckpointEOFError, 'the file ends early (empty or truncated)'),
     (pickle.UnpicklingError, CheckpointUnpicklingError, ''),
     (RuntimeError, CheckpointReadError, ''),  # torch's zip reader; timm's weights_only refusal
-    (SafetensorError, CheckpointReadError, ''),  # the safetensors reader
+    (SafetensorError, CheckpointSafetensorError, ''),
 )
 
 
 def read_error_naming_file(e: BaseException, path: Any) -> Optional[CheckpointReadError]:
-    """For an error of reading the checkpoint file at `path`: a CheckpointReadError, of a subclass of the
-    original's type where there is one (else RuntimeError), whose message is the path followed by the original's
-    message. None for any other error, which should propagate as it is. Raise the result `from e`."""
+    """For an error of reading the checkpoint file at `path`: a CheckpointReadError that is also of the original's
+    type, whose message is the path followed by the original's message. None for any other error, which should
+    propagate as it is. Raise the result `from e`."""
     if isinstance(e, CheckpointError):
         return None
     for base, named, default in _READ_ERRORS:
