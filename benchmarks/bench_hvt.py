@@ -41,9 +41,9 @@ HERE = Path(__file__).resolve().parent
 class Plan:
     models: List[str] = field(default_factory=lambda: list(bm.ALL_MODELS))
     batch: int = 32  # the large batch
-    rounds: int = 7  # fp32 batch-32 inference: the group the targets are judged on
+    rounds: int = 5  # fp32 batch-32 inference: the group the targets are judged on
     rounds_other: int = 3
-    rounds_train: int = 3
+    rounds_train: int = 2
     warmup: int = 1
     min_sample_s: float = 0.25  # short steps (batch 1) are timed over several calls per sample
     sizes: Tuple[int, ...] = (224, 288, 384, 448)
@@ -52,6 +52,7 @@ class Plan:
     unfused_models: List[str] = field(default_factory=lambda: list(bm.TARGET_HVT))
     compile_models: List[str] = field(default_factory=lambda: list(bm.COMPILE_MODELS))
     compile_dtypes: Tuple[str, ...] = ('fp32', 'bf16')
+    compile_models_bf16: List[str] = field(default_factory=lambda: ['hvt_s_1', 'deit_small_patch16_224'])
     gemm_square: Tuple[int, ...] = (2048, 4096)
     fast_init: bool = False
 
@@ -211,8 +212,10 @@ def build_groups(plan: Plan, device: torch.device, bases: Dict[str, nn.Module], 
             cases += [infer_case(g, n, bases[n], bases[n], device, B, 224, dtype, attn='unfused')
                       for n in plan.unfused_models if n in bases]
         if dtype in plan.compile_dtypes:
+            names = plan.compile_models if dtype == 'fp32' else [
+                n for n in plan.compile_models_bf16 if n in plan.compile_models]
             cases += [infer_case(g, n, bases[n], compiled_runner(n), device, B, 224, dtype, mode='compile')
-                      for n in plan.compile_models if n in bases]
+                      for n in names if n in bases]
         cases += gemm_cases(gemm_shapes(plan), dtype, device, g)
         groups.append((g, cases, plan.rounds if dtype == 'fp32' else plan.rounds_other))
 
@@ -269,6 +272,7 @@ def parse_args(argv=None):
     p.add_argument('--batch', type=int, default=None, help='the large batch (default 32)')
     p.add_argument('--rounds', type=int, default=None, help='interleaved rounds of the fp32 batch-32 inference group')
     p.add_argument('--rounds-other', type=int, default=None, help='rounds of the other groups')
+    p.add_argument('--rounds-train', type=int, default=None, help='rounds of the batch-32 training group')
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile cases')
     p.add_argument('--groups', default=None,
                    help=f'comma-separated subset of the groups {", ".join(GROUPS)} (default: all); '
@@ -300,7 +304,9 @@ def main(argv=None) -> int:
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
     if args.rounds_other:
-        plan = replace(plan, rounds_other=args.rounds_other, rounds_train=args.rounds_other)
+        plan = replace(plan, rounds_other=args.rounds_other)
+    if args.rounds_train:
+        plan = replace(plan, rounds_train=args.rounds_train)
     if args.no_compile:
         plan = replace(plan, compile_models=[])
     out = args.out or (HERE / ('results_quick' if args.quick else 'results'))
@@ -335,7 +341,7 @@ def main(argv=None) -> int:
 
     # where the time goes, for the GEMM-rate target's model and the DeiT it is weighed against
     prof_rows = []
-    if 'infer_fp32' in only:
+    if 'infer_fp32' in only and device.type == 'cpu':  # the breakdown reads CPU self time
         for n in [m for m in PROFILE_MODELS if m in bases]:
             bm.set_fused_attn(bases[n], True)
             x, _ = _inputs(plan.batch, 224, device)
@@ -355,7 +361,7 @@ def plan_summary(plan: Plan) -> Dict[str, object]:
     return dict(batch=plan.batch, rounds=plan.rounds, rounds_other=plan.rounds_other, rounds_train=plan.rounds_train,
                 warmup=plan.warmup, min_sample_s=plan.min_sample_s, sizes=list(plan.sizes),
                 sweep_batch=plan.sweep_batch, unfused_models=plan.unfused_models,
-                compile_models=plan.compile_models, compile_dtypes=list(plan.compile_dtypes),
+                compile_models=plan.compile_models, compile_models_bf16=plan.compile_models_bf16,
                 quick_init=plan.fast_init)
 
 

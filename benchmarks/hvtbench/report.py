@@ -319,7 +319,10 @@ def plots(out: Path, rows: List[dict], ref: Dict[str, float], batch: int) -> Lis
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter
+
     colors = {'hvt': 'tab:red', 'deit': 'tab:blue', 'pit': 'tab:green'}
+    plain = FuncFormatter(lambda v, _: f'{v:g}')
     written = []
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
@@ -341,6 +344,10 @@ def plots(out: Path, rows: List[dict], ref: Dict[str, float], batch: int) -> Lis
         if sel:
             ax.set_xscale('log')
             ax.set_yscale('log')
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(plain)
+                axis.set_minor_formatter(plain)
+            ax.tick_params(which='minor', labelsize=7)
         else:
             ax.text(.5, .5, 'not measured in this run', ha='center', transform=ax.transAxes)
         ax.set_xlabel('GMACs per image (224x224)')
@@ -370,6 +377,11 @@ def plots(out: Path, rows: List[dict], ref: Dict[str, float], batch: int) -> Lis
     axes[0].set_ylabel(f'images/s (fp32, batch {sb}, eager)')
     if sweep:
         axes[0].set_yscale('log')
+        axes[0].yaxis.set_major_formatter(plain)
+        axes[0].yaxis.set_minor_formatter(plain)
+        axes[0].tick_params(which='minor', labelsize=7)
+        for ax in axes:
+            ax.set_xticks(sorted({r['img_size'] for r in sweep}))
     else:
         for ax in axes:
             ax.text(.5, .5, 'not measured in this run', ha='center', transform=ax.transAxes)
