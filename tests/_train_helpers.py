@@ -15,7 +15,6 @@ uninterrupted one and the two could not be compared loss for loss.
 """
 import argparse
 import dataclasses
-import logging
 import os
 import time
 from contextlib import nullcontext
@@ -33,8 +32,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
-
-_logger = logging.getLogger(__name__)
 
 DIGITS_NUM_CLASSES = 10
 

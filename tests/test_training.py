@@ -17,6 +17,8 @@ from timm.models import resume_checkpoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationTask
+from timm import utils
+from timm.utils import ModelEmaV3
 
 from _train_helpers import TrainConfig, Trainer, export_digits, unwrapped_state
 
@@ -180,6 +182,7 @@ def test_grad_checkpointing_same_loss_and_gradients():
     torch.testing.assert_close(feats[1][1], feats[0][1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.timeout(900)  # a cold inductor cache compiles C++ kernels: about a minute on 2 cores
 def test_torch_compile_training_matches_eager():
     """ClassificationTask.compile (what train.py --torchcompile calls): inductor, one graph without breaks, and the
     compiled training steps give the eager losses and parameters."""
@@ -212,11 +215,12 @@ def test_torch_compile_training_matches_eager():
 
 def _resume_cfg():
     return TrainConfig(
-        model=SMALL_MODEL, model_kwargs=dict(SMALL_ARCH), drop_path=0.1, epochs=4, batch_size=32,
+        model=SMALL_MODEL, model_kwargs=dict(SMALL_ARCH), drop_path=0.1, epochs=3, batch_size=32,
         lr=2e-3, layer_decay=0.75, warmup_epochs=1, mixup=0.8, cutmix=1.0, smoothing=0.1, reprob=0.25,
         prefetcher=False, amp_dtype=torch.bfloat16, ema_decay=0.9, ema_warmup=True, seed=7)
 
 
+@pytest.mark.timeout(600)
 def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
     """An interrupted run saved with CheckpointSaver and resumed with resume_task_checkpoint (as train.py --resume)
     continues exactly: the same per-step losses, weights, EMA weights and learning rate as an uninterrupted run.
@@ -224,7 +228,7 @@ def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
     full = Trainer(_resume_cfg(), digits_small)
     losses_full = full.fit()
     steps = full.updates_per_epoch
-    assert steps == 10 and len(losses_full) == 4 * steps
+    assert steps == 10 and len(losses_full) == 3 * steps
 
     out_dir = str(tmp_path / 'run')
     os.makedirs(out_dir)
@@ -241,7 +245,7 @@ def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
     for k, v in unwrapped_state(resumed).items():
         assert torch.equal(v, saved_state[k]), k
     losses_resumed = resumed.fit()
-    assert len(losses_resumed) == 2 * steps
+    assert len(losses_resumed) == steps
     assert losses_resumed == losses_full[2 * steps:], 'the resumed run diverged from the uninterrupted one'
 
     for ema in (False, True):
@@ -249,11 +253,17 @@ def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
         for k in state_full:
             assert torch.equal(state_resumed[k], state_full[k]), f'{k} (ema={ema})'
     assert [g['lr'] for g in resumed.optimizer.param_groups] == [g['lr'] for g in full.optimizer.param_groups]
-    # the EMA is a real average, not a copy of the weights
+    # the task's EMA is timm's ModelEmaV3, and a real average, not a copy of the weights
+    assert isinstance(full.task.get_trainable_module(ema=True), ModelEmaV3)
     assert not torch.equal(unwrapped_state(full, ema=True)['head.weight'], unwrapped_state(full)['head.weight'])
-    acc, acc_ema = full.evaluate(), full.evaluate(ema=True)
-    print(f'resume run: 4 epochs on 320 digits, val acc {acc:.3f}, EMA {acc_ema:.3f}, losses {losses_full[0]:.3f} '
-          f'-> {losses_full[-1]:.3f}')
+    print(f'resume: {len(losses_resumed)} resumed steps equal the uninterrupted run, losses {losses_full[0]:.4f} '
+          f'-> {losses_full[-1]:.4f}')
+
+    # control: the comparison is sensitive to the optimizer / schedule state - weights alone do not reproduce the run
+    weights_only = Trainer(_resume_cfg(), digits_small)
+    utils.unwrap_model(weights_only.model).load_state_dict(saved_state)
+    weights_only.start_epoch = 2
+    assert weights_only.fit() != losses_full[2 * steps:]
 
     # timm.models.resume_checkpoint reads the same file into a bare model + optimizer
     model = timm.create_model(SMALL_MODEL, num_classes=10, **SMALL)
