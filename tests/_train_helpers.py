@@ -5,9 +5,8 @@
 * `Trainer`: a small training loop assembled only from the timm components timm's train.py is built from
   (`create_model`, `resolve_data_config`, `create_dataset`, `create_loader` with its train transforms and the
   prefetcher, `Mixup` / `FastCollateMixup`, the soft-target / label-smoothing losses, `ClassificationTask`,
-  `create_optimizer_v2`, `create_scheduler_v2`, `ModelEmaV3` via the task, `torch.autocast`, `torch.compile` via the
-  task, DistributedDataParallel via the task, `CheckpointSaver` and `resume_task_checkpoint`), wired in the order
-  train.py wires them. Nothing of the model is special-cased: HVT goes through exactly what any timm model would.
+  `create_optimizer_v2`, `create_scheduler_v2`, `ModelEmaV3` via the task, `torch.autocast`, DistributedDataParallel
+  via the task, `CheckpointSaver` and `resume_task_checkpoint`), wired in the order train.py wires them. Nothing of the model is special-cased: HVT goes through exactly what any timm model would.
 
 One deliberate difference: every epoch starts by re-seeding the RNGs from (seed, epoch, rank). train.py does not
 restore RNG state on resume, so without this a resumed run would see other crops and mixup draws than an
@@ -98,10 +97,7 @@ class TrainConfig:
     smoothing: float = 0.1
     prefetcher: bool = True
     workers: int = 0
-    # precision / memory / speed
-    amp_dtype: Optional[torch.dtype] = None
-    grad_checkpointing: bool = False
-    compile: bool = False
+    amp_dtype: Optional[torch.dtype] = None  # train.py's --amp --amp-dtype
     # EMA (train.py's --model-ema)
     ema_decay: Optional[float] = None
     ema_warmup: bool = False
@@ -129,8 +125,6 @@ class Trainer:
         )
         # seeded per rank as in train.py, so under DDP the ranks start from different weights until DDP syncs them
         self.init_param_sum = float(sum(p.detach().double().sum() for p in model.parameters()))
-        if cfg.grad_checkpointing:
-            model.set_grad_checkpointing(enable=True)
         # the model's own pretrained_cfg says 224 / crop .875; the images here are exactly img_size
         self.data_config = resolve_data_config(
             dict(img_size=cfg.img_size, crop_pct=1.0), model=model, verbose=False)
@@ -184,8 +178,6 @@ class Trainer:
 
         if cfg.ema_decay is not None:
             self.task.setup_ema(decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
-        if cfg.compile:
-            self.task.compile(backend='inductor')
         if distributed:
             # train.py passes device_ids=[device]; DDP only takes device ids for accelerators, so on CPU: None
             self.task.prepare_distributed(device_ids=None)
@@ -257,15 +249,9 @@ class Trainer:
         self.train_seconds += time.perf_counter() - t0
         return losses
 
-    def fit(self, log_prefix: str = '') -> List[float]:
-        losses = []
-        for epoch in range(self.start_epoch, self.num_epochs):
-            epoch_losses = self.train_epoch(epoch)
-            losses.extend(epoch_losses)
-            if log_prefix:
-                print(f'{log_prefix} epoch {epoch}: loss {np.mean(epoch_losses):.4f} '
-                      f'({self.train_seconds:.1f}s)', flush=True)
-        return losses
+    def fit(self) -> List[float]:
+        """Train from start_epoch to the end of the schedule; returns the loss of every step."""
+        return [loss for epoch in range(self.start_epoch, self.num_epochs) for loss in self.train_epoch(epoch)]
 
     @torch.no_grad()
     def evaluate(self, ema: bool = False) -> float:
