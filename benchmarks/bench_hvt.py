@@ -41,9 +41,9 @@ HERE = Path(__file__).resolve().parent
 class Plan:
     models: List[str] = field(default_factory=lambda: list(bm.ALL_MODELS))
     batch: int = 32  # the large batch
-    rounds: int = 5  # fp32 batch-32 inference: the group the targets are judged on
+    rounds: int = 7  # fp32 batch-32 inference: the group the targets are judged on
     rounds_other: int = 3
-    rounds_train: int = 2
+    rounds_train: int = 3
     warmup: int = 1
     min_sample_s: float = 0.25  # short steps (batch 1) are timed over several calls per sample
     sizes: Tuple[int, ...] = (224, 288, 384, 448)
@@ -333,10 +333,20 @@ def main(argv=None) -> int:
 
     total = sum(len(cases) * ((1 if plan.warmup else 0) + rounds) for _, cases, rounds in groups)
     progress = Progress(total, enabled=not args.no_progress)
+    done = []
+    env['group_load'] = {}
     for name, cases, rounds in groups:
         progress.group(name)
+        t_group, load_start = time.time(), benv.load_average().split()[0]
         run_group(cases, rounds=rounds, warmup=plan.warmup, min_sample_s=plan.min_sample_s, progress=progress)
+        env['group_load'][name] = (f'{time.time() - t_group:.0f} s, 1-min load average {load_start} at start, '
+                                   f'{benv.load_average().split()[0]} at end')
         gc.collect()
+        done += cases
+        if not args.quick:  # a checkpoint: a long run that dies late still leaves what it measured
+            env['duration_s'] = f'{time.time() - t_start:.0f} (partial: up to {name})'
+            env['hardware'] = benv.hardware_line(env)
+            report.write_all(out, done, info, env, plan_summary(plan), with_plots=False)
     progress.close()
 
     # where the time goes, for the GEMM-rate target's model and the DeiT it is weighed against

@@ -194,6 +194,7 @@ def markdown(rows: List[dict], grows: List[dict], trows: List[dict], env: Dict[s
          f"- hardware: {env['hardware']}",
          f"- load average (1/5/15 min) at start: {env['load_avg_start']}, at end: {env.get('load_avg_end', '?')}",
          f"- command: `{env['command']}`",
+         '- groups (duration, load): ' + '; '.join(f'{g}: {v}' for g, v in env.get('group_load', {}).items()),
          f"- images/s are medians of interleaved rounds (fp32 batch {B} inference: {plan['rounds']} rounds, "
          f"other groups {plan['rounds_other']}, training batch {B}: {plan['rounds_train']}), each after a warm-up "
          f"call; batch-1 samples span at least {plan['min_sample_s']} s. Eager unless marked compile; "
@@ -435,7 +436,8 @@ def _profile_md(prows: List[dict], ref: Dict[str, float]) -> List[str]:
 
 
 def write_all(out: Path, cases: Sequence[Case], info: Dict[tuple, dict], env: Dict[str, str], plan: dict,
-              prof: Sequence[dict] = ()) -> List[Path]:
+              prof: Sequence[dict] = (), with_plots: bool = True) -> List[Path]:
+    """Write every output; with_plots=False (the checkpoints written after each group) leaves the PNGs out."""
     ref = gemm_reference(cases)
     prows = profile_rows(prof, ref)
     rows = model_rows(cases, info, ref)
@@ -451,11 +453,12 @@ def write_all(out: Path, cases: Sequence[Case], info: Dict[tuple, dict], env: Di
     env_path.write_text(json.dumps(dict(env, plan=plan, gemm_reference_gflops={k: v / 1e9 for k, v in ref.items()}),
                                    indent=2) + '\n')
     files.append(env_path)
-    try:
-        pngs = plots(out, rows, ref, plan['batch'])
-    except ImportError as e:  # matplotlib missing: everything else is still written
-        print(f'no plots: {e}')
-        pngs = []
+    pngs = []
+    if with_plots:
+        try:
+            pngs = plots(out, rows, ref, plan['batch'])
+        except ImportError as e:  # matplotlib missing: everything else is still written
+            print(f'no plots: {e}')
     files += pngs
     md = out / 'results.md'
     md.write_text(markdown(rows, grows, trows, env, plan, ref, pngs, prows) + '\n')
