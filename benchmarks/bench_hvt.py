@@ -14,7 +14,6 @@ Writes results.csv, gemm.csv, targets.csv, results.md, env.json and PNG plots to
 import argparse
 import copy
 import gc
-import json
 import os
 import sys
 import time

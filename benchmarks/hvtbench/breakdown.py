@@ -26,7 +26,8 @@ CATEGORIES = [
     ('GELU', ('aten::gelu',)),
     ('LayerNorm', ('aten::native_layer_norm',)),
     ('residual / position adds, scale', ('aten::add', 'aten::mul')),
-    ('copies (mostly addmm writing the bias into its output)', ('aten::copy_', 'aten::clone', 'aten::cat', 'aten::contiguous')),
+    ('copies (mostly addmm writing the bias into its output)',
+     ('aten::copy_', 'aten::clone', 'aten::cat', 'aten::contiguous')),
     ('token pooling, final mean', ('aten::max_pool', 'aten::avg_pool', 'aten::adaptive', 'aten::mean')),
 ]
 # FLOP-counter op -> category of the MACs

@@ -1,11 +1,11 @@
 """The models compared, what their papers report, and how they are built and counted."""
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 import timm
-import timm_hvt  # noqa: F401  registers hvt_* (the autoload hook would too)
+import timm_hvt  # noqa: F401  (registers hvt_*; the autoload hook would too)
 from timm_hvt.flops import count_gmacs, count_params
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 

@@ -18,7 +18,7 @@ GEMM_COLUMNS = ['group', 'dtype', 'shape', 'M', 'K', 'N', 'gflops', 'gflops_min'
                 'reference']
 PROFILE_COLUMNS = ['model', 'batch', 'dtype', 'category', 'ms_per_batch', 'share', 'gmacs_per_batch', 'gflops',
                    'frac_of_gemm_rate']
-TARGET_COLUMNS = ['target', 'goal', 'measured', 'round_min', 'round_max', 'met', 'numerator', 'denominator']
+TARGET_COLUMNS = ['target', 'goal', 'measured', 'round_min', 'round_max', 'best', 'met', 'numerator', 'denominator']
 
 # training FLOPs per image: forward + backward (about twice the forward's matmul work)
 TRAIN_FLOP_FACTOR = 3
@@ -110,6 +110,7 @@ def targets(cases: Sequence[Case], info: Dict[tuple, dict], ref: Dict[str, float
             return
         r, lo, hi = _paired(a, b)
         out.append(dict(target=label, goal=goal, measured=_r(r, 3), round_min=_r(lo, 3), round_max=_r(hi, 3),
+                        best=_r(a.rate_max / b.rate_max, 3),
                         met='yes' if r >= goal else 'no', numerator=_r(a.rate(), 3), denominator=_r(b.rate(), 3)))
 
     base = dict(group=g_inf, mode='eager', dtype='fp32', task='infer', img_size=224)
@@ -133,10 +134,13 @@ def targets(cases: Sequence[Case], info: Dict[tuple, dict], ref: Dict[str, float
                             denominator=''))
             continue
         achieved = 2 * gm * 1e9 * c.rate()
+        best_gemm = max(g.rate_max for g in cases if g.meta['kind'] == 'gemm' and g.meta['dtype'] == 'fp32'
+                        and g.samples)
         out.append(dict(
             target=f'hvt_s_1 {mode} fraction of fp32 GEMM rate (b{batch} inference)', goal=goal,
             measured=_r(achieved / ref['fp32'], 3), round_min=_r(2 * gm * 1e9 * c.rate_min / ref['fp32'], 3),
             round_max=_r(2 * gm * 1e9 * c.rate_max / ref['fp32'], 3),
+            best=_r(2 * gm * 1e9 * c.rate_max / best_gemm, 3),
             met='yes' if achieved / ref['fp32'] >= goal else 'no',
             numerator=f'{achieved / 1e9:.1f} GFLOP/s', denominator=f"{ref['fp32'] / 1e9:.1f} GFLOP/s"))
     return out
@@ -211,14 +215,19 @@ def markdown(rows: List[dict], grows: List[dict], trows: List[dict], env: Dict[s
               '']
 
     L += ['## Targets (issue #5)', '']
-    L += _table(['target', 'goal', 'measured', 'per-round range', 'met', 'numbers'],
+    L += _table(['target', 'goal', 'measured (medians)', 'per-round range', 'best rounds', 'met', 'numbers'],
                 [[t['target'], f">= {t['goal']}", t['measured'],
                   f"{_fmt(t['round_min'])} – {_fmt(t['round_max'])}" if t['round_min'] != '' else '–',
-                  t['met'], f"{t['numerator']} / {t['denominator']}" if t['numerator'] != '' else '–']
+                  t.get('best', ''), t['met'],
+                  f"{t['numerator']} / {t['denominator']}" if t['numerator'] != '' else '–']
                  for t in trows])
+    L += ['', '"measured" (which decides "met") is the ratio of the medians; "per-round range" the lowest and '
+              'highest ratio within one round; "best rounds" the ratio of each side\'s fastest round (for the GEMM '
+              "fraction: the model's fastest round over the fastest GEMM round), the least disturbed by other load.",
+          '']
     L.append('')
 
-    L += [f'## Inference, 224x224, images/s', '']
+    L += ['## Inference, 224x224, images/s', '']
     hdr = ['model', 'params (M)', 'GMACs', 'paper GMACs', 'paper top-1', 'fp32 b1', f'fp32 b{B}', 'bf16 b1',
            f'bf16 b{B}', f'compile fp32 b{B}', f'compile bf16 b{B}', f'peak MB fp32 b{B}', f'GEMM frac fp32 b{B}',
            f'GEMM frac bf16 b{B}']
@@ -245,7 +254,7 @@ def markdown(rows: List[dict], grows: List[dict], trows: List[dict], env: Dict[s
               ', '.join(f"{r['model']} {r['dtype']} {_fmt(r['first_call_s'])} s" for r in comp) + '.']
     L.append('')
 
-    L += [f'## Training step (AdamW), 224x224, images/s', '']
+    L += ['## Training step (AdamW), 224x224, images/s', '']
     hdr = ['model', 'fp32 b1', f'fp32 b{B}', 'bf16 b1', f'bf16 b{B}', f'peak MB fp32 b{B}', f'peak MB bf16 b{B}',
            f'GEMM frac fp32 b{B}']
     body = []
@@ -281,8 +290,8 @@ def markdown(rows: List[dict], grows: List[dict], trows: List[dict], env: Dict[s
               "timm's PiT has no dynamic_img_size, so PiT is not swept.", '']
         body = []
         for n in dict.fromkeys(r['model'] for r in sweep):
-            body.append([n] + [f"{_fmt(_val(sweep, model=n, img_size=s))} ({_fmt(_val(sweep, 'gmacs', model=n, img_size=s))})"
-                               for s in sizes])
+            body.append([n] + [f"{_fmt(_val(sweep, model=n, img_size=s))} "
+                               f"({_fmt(_val(sweep, 'gmacs', model=n, img_size=s))})" for s in sizes])
         for hvt, deit in (('hvt_s_4', 'deit_small_patch16_224'), ('hvt_s_1', 'deit_small_patch16_224'),
                           ('hvt_ti_1', 'deit_tiny_patch16_224')):
             cells = []
