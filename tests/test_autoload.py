@@ -106,3 +106,14 @@ def test_console_script_is_installed(installed):
     else:  # the whole default listing once: it builds every variant
         out = subprocess.run([script], cwd=root, capture_output=True, text=True, check=True).stdout
         assert re.search(r'^hvt_s_4\s+224\s+22\.12\s+1\.39', out, re.M)
+
+
+def test_hook_without_its_module_stays_silent(tmp_path):
+    """An editable install whose source tree moved away leaves the .pth behind: start-up must not print a traceback."""
+    python = _make_env(tmp_path / 'venv')
+    purelib = subprocess.check_output([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                                      text=True).strip()
+    Path(purelib, 'timm_hvt_autoload.pth').write_text((REPO / 'timm_hvt_autoload.pth').read_text())
+    result = _run(python, 'import sys; print("_timm_hvt_autoload" in sys.modules)', cwd=tmp_path)
+    assert result.stdout.strip() == 'False'
+    assert result.stderr == ''
