@@ -40,9 +40,9 @@ HERE = Path(__file__).resolve().parent
 class Plan:
     models: List[str] = field(default_factory=lambda: list(bm.ALL_MODELS))
     batch: int = 32  # the large batch
-    rounds: int = 7  # fp32 batch-32 inference: the group the targets are judged on
+    rounds: int = 11  # fp32 batch-32 inference: the group the targets are judged on
     rounds_other: int = 3
-    rounds_train: int = 3
+    rounds_train: int = 5
     warmup: int = 1
     min_sample_s: float = 0.25  # short steps (batch 1) are timed over several calls per sample
     sizes: Tuple[int, ...] = (224, 288, 384, 448)
@@ -186,6 +186,26 @@ def gemm_shapes(plan: Plan) -> List[tuple]:
 
 
 PROFILE_MODELS = ('hvt_s_1', 'deit_small_patch16_224')
+# the baseline each target compares an HVT with; the GEMM shapes are the reference of hvt_s_1's GEMM fraction
+TARGET_PARTNER = {'deit_small_patch16_224': 'hvt_s_4', 'deit_tiny_patch16_224': 'hvt_ti_1'}
+GEMM_PARTNER = 'hvt_s_1'
+
+
+def in_target_order(cases: List[Case], models: Sequence[str]) -> List[Case]:
+    """Put the cases a target compares next to each other (an HVT's eager fp32 case, then its baseline, then its
+    unfused-attention and compiled cases, then the GEMM shapes for hvt_s_1), so that the two samples a per-round
+    ratio pairs are taken seconds apart rather than half a round apart. Otherwise the order is kept."""
+    def key(case: Case):
+        m = case.meta
+        if m['kind'] == 'gemm':
+            anchor, rank = GEMM_PARTNER, 4
+        else:
+            anchor = TARGET_PARTNER.get(m['model'], m['model'])
+            rank = (0 if m['dtype'] == 'fp32' and m.get('mode') == 'eager' and m.get('attn') == 'fused' else
+                    1 if m.get('attn') == 'unfused' else 2 if m.get('mode') == 'compile' else 3)
+        return models.index(anchor) if anchor in models else len(models), rank
+    return sorted(cases, key=key)
+
 GROUPS = ('infer_fp32', 'infer_bf16', 'infer_b1', 'train', 'train_b1', 'sweep')
 
 
@@ -216,7 +236,7 @@ def build_groups(plan: Plan, device: torch.device, bases: Dict[str, nn.Module], 
             cases += [infer_case(g, n, bases[n], compiled_runner(n), device, B, 224, dtype, mode='compile')
                       for n in names if n in bases]
         cases += gemm_cases(gemm_shapes(plan), dtype, device, g)
-        groups.append((g, cases, plan.rounds if dtype == 'fp32' else plan.rounds_other))
+        groups.append((g, in_target_order(cases, plan.models), plan.rounds if dtype == 'fp32' else plan.rounds_other))
 
     if 'infer_b1' in only:
         g = 'infer_b1'
@@ -242,7 +262,7 @@ def build_groups(plan: Plan, device: torch.device, bases: Dict[str, nn.Module], 
         if batch == B:
             cases += [train_case(g, n, *trainee(n), device, batch, 'fp32', attn='unfused', **kw)
                       for n in plan.unfused_models if n in bases]
-        groups.append((g, cases, rounds))
+        groups.append((g, in_target_order(cases, plan.models), rounds))
 
     if 'sweep' in only:
         g = f'sweep_b{plan.sweep_batch}'

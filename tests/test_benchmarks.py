@@ -182,3 +182,25 @@ def test_run_group_interleaves_rounds_and_survives_errors():
     assert calls[6:8] == ['b', 'a']  # round 1 starts one further on, without the failed case
     assert cases[2].error.startswith('RuntimeError') and cases[2].samples == []
     assert len(cases[0].samples) == len(cases[1].samples) == 3
+
+
+def test_cases_a_target_compares_run_back_to_back():
+    """Per-round ratios pair the two cases' samples of one round: they must be taken one after the other."""
+    import bench_hvt
+    plan = bench_hvt.Plan()
+    stand_ins = {n: torch.nn.Linear(1, 1) for n in plan.models}  # building the groups runs nothing
+    groups = bench_hvt.build_groups(plan, torch.device('cpu'), stand_ins, {}, only=('infer_fp32', 'train'))
+    for group, cases, _ in groups:
+        order = [(c.meta.get('model'), c.meta['dtype'], c.meta.get('attn'), c.meta.get('mode'), c.meta['kind'])
+                 for c in cases]
+
+        def at(model, attn='fused', mode='eager', kind='model'):
+            return order.index((model, 'fp32', attn, mode, kind))
+        if group.startswith('infer'):
+            assert at('deit_small_patch16_224') == at('hvt_s_4') + 1
+            assert at('deit_tiny_patch16_224') == at('hvt_ti_1') + 1
+            gemm = [i for i, o in enumerate(order) if o[-1] == 'gemm']
+            assert gemm == list(range(gemm[0], gemm[0] + len(gemm)))
+            assert gemm[0] - at('hvt_s_1') <= 3  # right after its unfused and compiled cases
+        for n in bm.TARGET_HVT:
+            assert at(n, 'unfused') - at(n) <= 2
