@@ -270,7 +270,7 @@ def build_groups(plan: Plan, device: torch.device, bases: Dict[str, nn.Module], 
         for n in plan.sweep_models:
             model = bm.build(n, device, dynamic=True, fast_init=plan.fast_init)
             for s in plan.sizes:
-                info[(n, s)] = dict(params_m=bm.params_m(model), gmacs=bm.gmacs(model, s))
+                info.setdefault((n, s), {}).update(params_m=bm.params_m(model), gmacs=bm.gmacs(model, s))
             cases += [infer_case(g, n, model, model, device, plan.sweep_batch, s, 'fp32', track_memory=False)
                       for s in plan.sizes]
         groups.append((g, cases, plan.rounds_other))
@@ -341,6 +341,8 @@ def main(argv=None) -> int:
     for name in plan.models:
         model = bm.build(name, device, fast_init=plan.fast_init)
         info[(name, 224)] = dict(params_m=bm.params_m(model), gmacs=bm.gmacs(model, 224))
+        if name == GEMM_PARTNER:  # its linears' standalone GEMM rates bound its GEMM fraction
+            info[(name, 224)]['linear_shapes'] = bm.linear_shapes(model, 224, plan.batch)
         bases[name] = model
     only = GROUPS
     if args.groups:

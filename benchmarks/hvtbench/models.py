@@ -1,5 +1,5 @@
 """The models compared, what their papers report, and how they are built and counted."""
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -121,4 +121,23 @@ def linear_gemm_shapes(batch: int, tokens: Sequence[int], dim: int, mlp_ratio: i
             (f'fc1  {batch}x{n} tok, d{dim}', m, dim, mlp_ratio * dim),
             (f'fc2  {batch}x{n} tok, d{dim}', m, mlp_ratio * dim, dim),
         ]
+    return shapes
+
+
+def linear_shapes(model: nn.Module, img_size: int, batch: int) -> List[Tuple[int, int, int]]:
+    """(M, K, N) of every nn.Linear call in one forward at `batch` images (traced with one image, M scaled)."""
+    shapes = []
+
+    def record(module, args):
+        x = args[0]
+        shapes.append((batch * x[..., 0].numel(), module.in_features, module.out_features))
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, img_size, img_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
     return shapes
