@@ -365,10 +365,15 @@ def plots(out: Path, rows: List[dict], ref: Dict[str, float], batch: int) -> Lis
         for fam, col in colors.items():
             pts = [r for r in sel if r['family'] == fam]
             ax.scatter([r['gmacs'] for r in pts], [r['img_per_s'] for r in pts], c=col, label=fam.upper(), s=40)
-        for r in sel:
+        placed = []  # (log x, log y) of the labels so far: a point close to one gets its label below instead
+        for r in sorted(sel, key=lambda r: (r['gmacs'], -r['img_per_s'])):
             top1 = f" {r['paper_top1']:.1f}%" if r['paper_top1'] != '' else ''
+            here = (math.log(r['gmacs']), math.log(r['img_per_s']))
+            crowded = any(abs(here[0] - x) < 0.25 and abs(here[1] - y) < 0.06 for x, y in placed)
+            placed.append(here)
             ax.annotate(r['model'].replace('_patch16_224', '').replace('_224', '') + top1,
-                        (r['gmacs'], r['img_per_s']), textcoords='offset points', xytext=(4, 3), fontsize=7)
+                        (r['gmacs'], r['img_per_s']), textcoords='offset points', xytext=(4, -9 if crowded else 3),
+                        fontsize=7)
         if dtype in ref and sel:
             xs = sorted(r['gmacs'] for r in sel)
             xs = [xs[0] * 0.9, xs[-1] * 1.1]
