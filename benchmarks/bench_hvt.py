@@ -206,6 +206,7 @@ def in_target_order(cases: List[Case], models: Sequence[str]) -> List[Case]:
         return models.index(anchor) if anchor in models else len(models), rank
     return sorted(cases, key=key)
 
+
 GROUPS = ('infer_fp32', 'infer_bf16', 'infer_b1', 'train', 'train_b1', 'sweep')
 
 

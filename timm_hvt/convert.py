@@ -134,7 +134,7 @@ def model_card(
         'the head classifies the mean of the last stage\'s tokens.',
         '',
         '## Model details',
-        f'- **Model type:** image classification / feature backbone',
+        '- **Model type:** image classification / feature backbone',
         f'- **Params (M):** {params_m:.2f}',
         f'- **GMACs:** {gmacs:.2f}',
         f'- **Image size:** {height} x {width}',

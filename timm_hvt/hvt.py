@@ -12,7 +12,7 @@ authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their che
 import math
 import os
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
