@@ -120,22 +120,21 @@ def train_case(group: str, name: str, model: nn.Module, opt: torch.optim.Optimiz
         model.train()
         bm.set_fused_attn(model, fused)
 
-    def step():
+    def train_on(images: torch.Tensor, labels: torch.Tensor) -> None:
         with amp():
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(images), labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    def step():
+        train_on(x, y)
 
     def prime_step():  # one step on a single image, so the optimizer state exists before the measured steps
         if opt.state:
             return
         prepare()
-        with amp():
-            loss = F.cross_entropy(model(x[:1]), y[:1])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_on(x[:1], y[:1])
 
     meta = dict(group=group, kind='model', model=name, task='train', img_size=224, batch=batch, dtype=dtype,
                 mode='eager', attn=attn)
