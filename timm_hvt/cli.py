@@ -43,7 +43,7 @@ def _weights_source(name_tag: str) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from timm_hvt.convert import _fmt
+    from timm_hvt.convert import format_figure
     rows = variant_rows()
     header = f'{"model":<10} {"img":>4} {"params(M)":>9} {"GMACs":>6} {"paper params":>12} ' \
              f'{"paper GFLOPs":>12} {"paper top-1":>11}  pretrained weights'
@@ -51,8 +51,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print('-' * len(header))
     for r in rows:
         print(f'{r["model"]:<10} {r["img_size"]:>4} {r["params_m"]:>9.2f} {r["gmacs"]:>6.2f} '
-              f'{_fmt(r["paper_params_m"], ".2f"):>12} {_fmt(r["paper_gmacs"], ".2f"):>12} '
-              f'{_fmt(r["paper_top1"], ".2f"):>11}  {r["weights"]}')
+              f'{format_figure(r["paper_params_m"], ".2f"):>12} {format_figure(r["paper_gmacs"], ".2f"):>12} '
+              f'{format_figure(r["paper_top1"], ".2f"):>11}  {r["weights"]}')
     print('\nGMACs measured here count convolutions, linear layers and both attention matmuls, '
           'as the paper\'s "FLOPs" do.')
     return 0

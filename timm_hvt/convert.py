@@ -91,7 +91,7 @@ def _fixed_input(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, model.in_chans, height, width, generator=generator)
 
 
-def _fmt(value: Optional[float], spec: str = '.2f') -> str:
+def format_figure(value: Optional[float], spec: str = '.2f') -> str:
     """`value` formatted, or '-' for a figure that does not exist (e.g. a paper number of an unpublished variant)."""
     return '-' if value is None else format(value, spec)
 
@@ -150,7 +150,7 @@ def model_card(
     ]
     if as_released:
         lines.append(
-            f'| {model_name} | {params_m:.2f} | {gmacs:.2f} | {_fmt(paper.top1)} | {_fmt(paper.top5)} |')
+            f'| {model_name} | {params_m:.2f} | {gmacs:.2f} | {format_figure(paper.top1)} | {format_figure(paper.top5)} |')
         lines += ['', f'Top-1 / top-5: ImageNet-1k validation, 224 x 224, as reported in the paper '
                       f'(paper: {paper.params_m:.2f}M params, {paper.gmacs:.2f} GFLOPs counted as MACs).']
     else:

@@ -117,11 +117,13 @@ def targets(cases: Sequence[Case], info: Dict[tuple, dict], ref: Dict[str, float
     out = []
     g_inf, g_train = f'infer_b{batch}_fp32', f'train_b{batch}'
 
+    def not_measured(label, goal):
+        out.append(dict(target=label, goal=goal, measured='', round_min='', round_max='', met='not measured',
+                        numerator='', denominator=''))
+
     def ratio_target(label, goal, a, b):
         if a is None or b is None or not a.samples or not b.samples:
-            out.append(dict(target=label, goal=goal, measured='', round_min='', round_max='', met='not measured',
-                            numerator='', denominator=''))
-            return
+            return not_measured(label, goal)
         r, lo, hi = _paired(a, b)
         out.append(dict(target=label, goal=goal, measured=_r(r, 3), round_min=_r(lo, 3), round_max=_r(hi, 3),
                         best=_r(a.rate_max / b.rate_max, 3),
@@ -139,26 +141,23 @@ def targets(cases: Sequence[Case], info: Dict[tuple, dict], ref: Dict[str, float
         tb = dict(group=g_train, dtype='fp32', task='train')
         ratio_target(f'{n} fused / unfused attention (fp32 b{batch} training step)', 1.0,
                      _find(cases, model=n, attn='fused', **tb), _find(cases, model=n, attn='unfused', **tb))
+    model_info = info.get(('hvt_s_1', 224), {})
     for mode, goal in (('eager', 0.80), ('compile', 0.90)):
+        label = f'hvt_s_1 {mode} fraction of fp32 GEMM rate (b{batch} inference)'
         c = _find(cases, model='hvt_s_1', attn='fused', **dict(base, mode=mode))
-        gm = info.get(('hvt_s_1', 224), {}).get('gmacs')
+        gm = model_info.get('gmacs')
         if c is None or not c.samples or not gm or 'fp32' not in ref:
-            out.append(dict(target=f'hvt_s_1 {mode} fraction of fp32 GEMM rate (b{batch} inference)', goal=goal,
-                            measured='', round_min='', round_max='', met='not measured', numerator='',
-                            denominator=''))
+            not_measured(label, goal)
             continue
-        achieved = 2 * gm * 1e9 * c.rate()
+        flop = 2 * gm * 1e9  # per image
         best_gemm = max(g.rate_max for g in cases if g.meta['kind'] == 'gemm' and g.meta['dtype'] == 'fp32'
                         and g.samples)
         out.append(dict(
-            target=f'hvt_s_1 {mode} fraction of fp32 GEMM rate (b{batch} inference)', goal=goal,
-            measured=_r(achieved / ref['fp32'], 3), round_min=_r(2 * gm * 1e9 * c.rate_min / ref['fp32'], 3),
-            round_max=_r(2 * gm * 1e9 * c.rate_max / ref['fp32'], 3),
-            best=_r(2 * gm * 1e9 * c.rate_max / best_gemm, 3),
-            met='yes' if achieved / ref['fp32'] >= goal else 'no',
-            numerator=f'{achieved / 1e9:.1f} GFLOP/s', denominator=f"{ref['fp32'] / 1e9:.1f} GFLOP/s",
-            ceiling=_r(gemm_ceiling(cases, info[('hvt_s_1', 224)].get('linear_shapes', ()), gm, batch,
-                                    ref['fp32']), 3)))
+            target=label, goal=goal, measured=_r(flop * c.rate() / ref['fp32'], 3),
+            round_min=_r(flop * c.rate_min / ref['fp32'], 3), round_max=_r(flop * c.rate_max / ref['fp32'], 3),
+            best=_r(flop * c.rate_max / best_gemm, 3), met='yes' if flop * c.rate() / ref['fp32'] >= goal else 'no',
+            numerator=f'{flop * c.rate() / 1e9:.1f} GFLOP/s', denominator=f"{ref['fp32'] / 1e9:.1f} GFLOP/s",
+            ceiling=_r(gemm_ceiling(cases, model_info.get('linear_shapes', ()), gm, batch, ref['fp32']), 3)))
     return out
 
 
