@@ -6,7 +6,10 @@
   (`create_model`, `resolve_data_config`, `create_dataset`, `create_loader` with its train transforms and the
   prefetcher, `Mixup` / `FastCollateMixup`, the soft-target / label-smoothing losses, `ClassificationTask`,
   `create_optimizer_v2`, `create_scheduler_v2`, `ModelEmaV3` via the task, `torch.autocast`, DistributedDataParallel
-  via the task, `CheckpointSaver` and `resume_task_checkpoint`), wired in the order train.py wires them. Nothing of the model is special-cased: HVT goes through exactly what any timm model would.
+  via the task, `CheckpointSaver` and `resume_task_checkpoint`), wired in the order train.py wires them. Nothing
+  of the model is special-cased: HVT goes through exactly what any timm model would.
+* `relative_error`: how the tests compare values that other kernels, thread counts or compilation may round
+  differently (exact equality is kept for determinism within one process).
 
 One deliberate difference: every epoch starts by re-seeding the RNGs from (seed, epoch, rank). train.py does not
 restore RNG state on resume, so without this a resumed run would see other crops and mixup draws than an
@@ -270,6 +273,16 @@ class Trainer:
 
     def save(self, epoch: int, metric: Optional[float] = None) -> None:
         self.saver.save_checkpoint(epoch, metric=metric)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| (Frobenius norms, in float64): a tolerance relative to the size of the
+    values compared, whatever their scale, thread count or the CPU's kernels."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    assert actual.shape == expected.shape, f'shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}'
+    scale = expected.norm().item()
+    assert scale > 0, 'the expected values are all zero: a relative error says nothing'
+    return (actual - expected).norm().item() / scale
 
 
 def unwrapped_state(trainer: Trainer, ema: bool = False) -> Dict[str, torch.Tensor]:

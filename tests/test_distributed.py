@@ -1,6 +1,14 @@
 """Distributed training: torchrun starts 2 CPU processes (gloo) that train HVT under DistributedDataParallel through
-timm's components (tests/_ddp_worker.py). Both ranks must finish with identical parameters, and no global_pool /
-class-token setting may leave a parameter without gradient (DDP without find_unused_parameters would fail)."""
+timm's components (tests/_ddp_worker.py).
+
+* timm's pipeline under DDP (a few steps on a small slice of the digits): both ranks finish with identical weights
+  and EMA weights, and rank 0's checkpoint loads into a fresh model.
+* DDP computes what one process computes: the first step's gradients and the weights after three SGD steps equal
+  (relative to their size) a single process training on the two ranks' batches together.
+* No global_pool / class-token setting leaves a parameter without gradient (DDP without find_unused_parameters
+  would fail).
+Learning itself is tested on the full digits in test_digits.py.
+"""
 import json
 import os
 import socket
@@ -16,6 +24,7 @@ from _train_helpers import export_digits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD_SIZE = 2
+IMAGES_PER_SPLIT = 128  # 64 per rank: two steps of 32 per epoch
 
 
 def _free_loopback_port() -> int:
@@ -36,17 +45,16 @@ def _launch(data_dir: str, out_dir: str) -> subprocess.CompletedProcess:
             '--nnodes=1', f'--nproc-per-node={WORLD_SIZE}', '--master-addr=127.0.0.1',
             f'--master-port={_free_loopback_port()}', '--max-restarts=0',
             os.path.join(HERE, '_ddp_worker.py'), data_dir, out_dir]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=480)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         if proc.returncode == 0 or 'address already in use' not in proc.stderr.lower():
             return proc
     return proc
 
 
-@pytest.mark.timeout(600)
 def test_ddp_two_ranks_train_hvt(tmp_path):
     data_dir, out_dir = str(tmp_path / 'digits'), str(tmp_path / 'out')
     os.makedirs(out_dir)
-    export_digits(data_dir, img_size=32, val_fraction=0.2, seed=0)
+    export_digits(data_dir, img_size=32, val_fraction=0.2, seed=0, limit=IMAGES_PER_SPLIT)
     proc = _launch(data_dir, out_dir)
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, f'torchrun failed ({proc.returncode}):\n{proc.stderr[-6000:]}'
@@ -63,15 +71,14 @@ def test_ddp_two_ranks_train_hvt(tmp_path):
     # 1. the pipeline under DDP
     p0, p1 = results[0]['pipeline'], results[1]['pipeline']
     print(f'DDP pipeline: {WORLD_SIZE} ranks x {p0["train_images_this_rank"]} images, {p0["steps_per_epoch"]} '
-          f'steps/epoch, losses rank0 {p0["losses"][0]:.3f} -> {p0["losses"][-1]:.3f}, val acc {p0["acc"]:.3f} '
-          f'(EMA {p0["ema_acc"]:.3f}), train {p0["train_seconds"]:.1f}s')
+          f'steps/epoch, losses rank0 {p0["losses"]}, train {p0["train_seconds"]:.1f}s')
     assert p0['wrapper'] == 'DistributedDataParallel'
     assert p0['init_param_sum'] != p1['init_param_sum'], 'ranks were seeded alike; the sync check would be vacuous'
-    assert p0['train_images_this_rank'] == p1['train_images_this_rank'] == 719  # DistributedSampler: 1437 / 2
-    assert p0['losses'] != p1['losses']  # each rank saw its own shard
+    # DistributedSampler: each rank its half of the train split
+    assert p0['train_images_this_rank'] == p1['train_images_this_rank'] == IMAGES_PER_SPLIT // WORLD_SIZE
+    assert len(p0['losses']) == len(p1['losses']) == 4 and p0['losses'] != p1['losses']  # each rank its own shard
     assert p0['params_equal_across_ranks'] and p1['params_equal_across_ranks']
     assert p0['ema_equal_across_ranks'] and p1['ema_equal_across_ranks']
-    assert p0['acc'] > 0.5, 'DDP training did not learn (chance is 0.1)'
 
     states = [torch.load(os.path.join(out_dir, f'rank{r}.pt')) for r in range(WORLD_SIZE)]
     for kind in ('model', 'ema'):
@@ -86,7 +93,18 @@ def test_ddp_two_ranks_train_hvt(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, states[0]['model'][k]), k
 
-    # 2. every global_pool / class-token setting trains under DDP with find_unused_parameters=False
+    # 2. DDP (two half batches, gradients averaged) equals one process on the whole batch
+    for r in results:
+        single = r['against_single_process']
+        assert set(single['grad_errors']) == set(single['update_errors']) == {n for n, _ in model.named_parameters()}
+        worst_grad = max(single['grad_errors'].items(), key=lambda kv: kv[1])
+        worst_update = max(single['update_errors'].items(), key=lambda kv: kv[1])
+        print(f'DDP vs one process, rank {r["rank"]}: worst relative error of step-1 gradients {worst_grad}, of '
+              f'the weight updates after {single["steps"]} SGD steps {worst_update}')
+        assert worst_grad[1] <= 1e-4, f'rank {r["rank"]}: DDP gradient of {worst_grad[0]} differs from one process'
+        assert worst_update[1] <= 1e-4, f'rank {r["rank"]}: DDP update of {worst_update[0]} differs from one process'
+
+    # 3. every global_pool / class-token setting trains under DDP with find_unused_parameters=False
     for s0, s1 in zip(results[0]['settings'], results[1]['settings']):
         name = f'global_pool={s0["global_pool"]!r} class_token={s0["class_token"]} {s0["extra"]}'
         for s in (s0, s1):
