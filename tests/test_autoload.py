@@ -63,9 +63,9 @@ def worker(_):
 
 if __name__ == '__main__':
     import timm
-    import timm_hvt
-    models = hvt_models()
+    models = hvt_models()  # before anything here imports timm_hvt
     model = type(timm.create_model('hvt_ti_1')).__name__
+    import timm_hvt
     modules = sorted(m.name for m in pkgutil.iter_modules(timm_hvt.__path__))
     for name in modules:  # every module the wheel installed imports
         importlib.import_module('timm_hvt.' + name)
@@ -92,8 +92,8 @@ import importlib.util
 found = importlib.util.find_spec('timm') is not None
 after_probe = sorted({'timm', 'torch'} & set(sys.modules))
 import timm.layers
-import timm_hvt
-done(found=found, after_probe=after_probe, models=hvt_models(), package=timm_hvt.__file__, loaders=loader_modules())
+package = getattr(sys.modules.get('timm_hvt'), '__file__', '')
+done(found=found, after_probe=after_probe, models=hvt_models(), package=package, loaders=loader_modules())
 """
 
 METADATA_THEN_MODELS = """
