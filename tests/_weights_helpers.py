@@ -102,7 +102,6 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Caches:
     """Empty HF and torch hub caches in tmp_path; the hub endpoint on a closed loopback port, retries instant, and
     any non-loopback download an error."""
     import huggingface_hub.utils._http as hf_http
-    import timm.models._hub as timm_hub
     from huggingface_hub import constants
 
     c = Caches(tmp_path / 'caches', monkeypatch)
@@ -114,14 +113,14 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Caches:
     c.endpoint(f'http://127.0.0.1:{closed_port()}')
     monkeypatch.setattr(hf_http, 'time', _no_sleep_time_module())
 
-    download = timm_hub.download_url_to_file
+    download = torch.hub.download_url_to_file
 
     def loopback_only(url, *args, **kwargs):
         if not url.startswith('http://127.0.0.1:'):
             raise AssertionError(f'test tried to download {url}')
         return download(url, *args, **kwargs)
 
-    monkeypatch.setattr(timm_hub, 'download_url_to_file', loopback_only)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', loopback_only)
     return c
 
 

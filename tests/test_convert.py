@@ -1,10 +1,16 @@
-"""`timm-hvt convert` writes a verified hub folder; `timm-hvt push` uploads it (here: to fakes only)."""
+"""`timm-hvt convert` writes a verified hub folder that timm and transformers load; `timm-hvt push` uploads it
+(here: to fakes only)."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
+import torch
+from timm.data import ImageNetInfo
 
-from _weights_helpers import assert_weights, caches, hub_id, save_authors_checkpoint
+from _weights_helpers import assert_weights, caches, hub_id, offline_env, save_authors_checkpoint
 from timm_hvt import cli
 from timm_hvt.convert import convert_checkpoint
 
@@ -26,6 +32,9 @@ def test_convert_writes_a_hub_folder(ti_folder):
     assert sorted(p.name for p in ti_folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     config = json.loads((ti_folder / 'config.json').read_text())
     assert config['architecture'] == 'hvt_ti_1' and config['num_classes'] == 1000
+    assert 'num_classes' not in config.get('model_args', {})  # stated once, at the top level
+    names = ImageNetInfo().label_descriptions(as_dict=True)
+    assert config['label_names'] == [names[synset] for synset in ImageNetInfo().label_names()]
     assert config['pretrained_cfg']['tag'] == 'in1k' and config['pretrained_cfg']['license'] == 'apache-2.0'
     card = (ti_folder / 'README.md').read_text()
     assert card.startswith('---\n') and 'library_name: timm' in card and 'license: apache-2.0' in card
@@ -63,7 +72,8 @@ def test_convert_keeps_a_fine_tuned_head_and_resolution(tmp_path):
     assert f'{_hvt_ti_1_params(224, 1000) / 1e6:.2f}' == '5.74'
     assert round(result.params_m * 1e6) == _hvt_ti_1_params(288, 10) == 5_581_450
     config = json.loads((tmp_path / 'out' / 'config.json').read_text())
-    assert config['num_classes'] == 10 and config['model_args']['img_size'] == [288, 288]
+    assert config['num_classes'] == 10 and config['model_args'] == {'img_size': [288, 288]}
+    assert 'label_names' not in config  # not ImageNet's head
     model = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
     assert model.num_classes == 10 and model.pos_embed.shape == (1, 324, 192)
     assert_weights(model, sd)
@@ -80,9 +90,10 @@ def _one_line_error(capsys) -> str:
 def test_convert_errors_are_one_line(ti_checkpoint, ti_folder, tmp_path, capsys):
     source = str(ti_checkpoint[0])
     assert cli.main(['convert', source, '--model', 'hvt_ti_2', '--out', str(tmp_path / 'a')]) == 1
-    assert 'does not fit hvt_ti_2' in _one_line_error(capsys)
+    error = _one_line_error(capsys)
+    assert 'does not fit hvt_ti_2' in error and '[0]' in error and '[0, 6]' in error
     assert cli.main(['convert', source, '--model', 'vit_nope', '--out', str(tmp_path / 'b')]) == 1
-    assert "Unknown model 'vit_nope'" in _one_line_error(capsys)
+    assert "'vit_nope' is not an HVT model" in _one_line_error(capsys)
     assert cli.main(['convert', source, '--model', 'hvt_ti_1', '--out', str(ti_folder)]) == 1
     assert 'exists and is not empty' in _one_line_error(capsys)
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
@@ -126,3 +137,39 @@ def test_push_errors_are_one_line(ti_folder, tmp_path, caches, capsys):
     (tmp_path / 'half' / 'config.json').write_text('{}')
     assert cli.main(['push', str(tmp_path / 'half'), '--repo-id', 'me/x', '--dry-run']) == 1
     assert 'lacks model.safetensors, README.md' in _one_line_error(capsys)
+
+
+TRANSFORMERS_LOAD = r'''
+import json, sys
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+folder, images_file = sys.argv[1:]
+model = AutoModelForImageClassification.from_pretrained(folder).eval()
+with torch.no_grad():
+    logits = model(torch.load(images_file, weights_only=True)).logits
+classify = pipeline('image-classification', model=folder)
+predictions = classify(Image.new('RGB', (300, 260), (200, 120, 40)), top_k=5)
+print(json.dumps(dict(logits=logits.tolist(), labels=[p['label'] for p in predictions])))
+'''
+
+
+def test_transformers_loads_the_folder(ti_folder, tmp_path):
+    # a fresh interpreter that never imports timm itself: transformers' timm wrapper builds the model (the
+    # start-up hook registers HVT when transformers imports timm), and its pipeline labels with ImageNet names
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    torch.save(images, tmp_path / 'images.pt')
+    env = dict(os.environ, **offline_env(tmp_path), TRANSFORMERS_OFFLINE='1')
+    env.pop('TIMM_HVT_AUTOLOAD', None)
+    out = subprocess.run([sys.executable, '-c', TRANSFORMERS_LOAD, str(ti_folder), str(tmp_path / 'images.pt')],
+                         capture_output=True, text=True, env=env, timeout=280, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    timm_model = timm.create_model(f'local-dir:{ti_folder}', pretrained=True).eval()
+    with torch.no_grad():
+        expected = timm_model(images)
+    diff = (torch.tensor(result['logits']) - expected).abs().max().item()
+    assert diff <= 1e-5 * max(1.0, expected.abs().max().item())
+    names = set(ImageNetInfo().label_descriptions(as_dict=True).values())
+    assert len(result['labels']) == 5 and all(label in names for label in result['labels'])

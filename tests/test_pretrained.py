@@ -14,17 +14,18 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
+from safetensors import SafetensorError
+
 from _weights_helpers import (
     TINY, Caches, assert_weights, caches, fake_hub, hub_id, offline_env, release_url, save_authors_checkpoint,
     save_hub_weights,
 )
-from timm_hvt.checkpoint import read_checkpoint
+from timm_hvt import PretrainedWeightsUnavailable, checkpoint_filter_fn
 from timm_hvt.hvt import HF_HUB_NAMESPACE, resample_pos_embed_1d
 from timm_hvt.paper import ARXIV_ID, PAPER_RESULTS
-from timm_hvt.weights import PretrainedWeightsUnavailable, find_weights_file
 
 RELEASED = ['hvt_s_0', 'hvt_s_1', 'hvt_s_2', 'hvt_s_3', 'hvt_s_4', 'hvt_ti_1']
-WEIGHTS_LOGGER = 'timm_hvt.weights'
+WEIGHTS_LOGGER = 'timm_hvt.hvt'
 
 
 @pytest.fixture
@@ -38,6 +39,16 @@ def sources(caches: Caches, tmp_path: Path):
 
 def _fallback_warnings(caplog) -> list:
     return [r for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno == logging.WARNING]
+
+
+def _tiny_hub_config() -> dict:
+    """timm's config.json of a 2-block hvt_ti_1 (what save_for_hf writes)."""
+    cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
+    return dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+
+
+def _source_lines(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno >= logging.INFO]
 
 
 def test_pretrained_tags_and_cfgs():
@@ -57,14 +68,16 @@ def test_pretrained_tags_and_cfgs():
 
 
 def test_hub_is_the_first_source(sources, caplog):
+    caplog.set_level(logging.INFO, logger=WEIGHTS_LOGGER)
     c = sources['caches']
-    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
+    snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
     model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)  # hub unreachable, the file is in its cache
     assert_weights(model, sources['hub_sd'])
-    assert not _fallback_warnings(caplog)
+    lines = _source_lines(caplog)
+    assert len(lines) == 1 and hub_id('hvt_ti_1') in lines[0] and not _fallback_warnings(caplog)
     assert model.pretrained_cfg['hf_hub_id'] == hub_id('hvt_ti_1')
-    assert 'state_dict' not in model.pretrained_cfg
+    assert model.pretrained_cfg['file'] == str(snapshot / 'model.safetensors')
 
     c.offline()
     assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
@@ -79,9 +92,9 @@ def test_falls_back_to_release_when_repo_or_file_missing(sources, caplog, error_
         model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
         assert any(hub_id('hvt_ti_1') in r for r in hub.requests)
     assert_weights(model, sources['release_sd'])
-    warnings = _fallback_warnings(caplog)
-    assert len(warnings) == 1
-    assert hub_id('hvt_ti_1') in warnings[0].getMessage() and release_url('hvt_ti_1') in warnings[0].getMessage()
+    lines = _source_lines(caplog)
+    assert len(lines) == 1 and len(_fallback_warnings(caplog)) == 1
+    assert hub_id('hvt_ti_1') in lines[0] and release_url('hvt_ti_1') in lines[0] and 'NotFound' in lines[0]
 
 
 @pytest.mark.parametrize('offline', [True, False], ids=['offline', 'unreachable'])
@@ -107,11 +120,10 @@ def test_release_is_downloaded_into_torch_hub_cache(sources):
     assert_weights(model, sources['release_sd'])
 
 
-@pytest.mark.parametrize('name', ['hvt_ti_1', f'hf-hub:{hub_id("hvt_ti_1")}'])
-def test_error_names_every_source_when_nothing_can_be_had(caches, name):
+def test_error_names_every_source_when_nothing_can_be_had(caches):
     caches.offline()
     with pytest.raises(PretrainedWeightsUnavailable) as info:
-        timm.create_model(name, pretrained=True, **TINY)
+        timm.create_model('hvt_ti_1', pretrained=True, **TINY)
     message = str(info.value)
     for part in (hub_id('hvt_ti_1'), release_url('hvt_ti_1'), str(caches.hf), str(caches.torch_checkpoints)):
         assert part in message
@@ -134,8 +146,7 @@ def test_variants_without_weights_refuse_pretrained(caches, arch):
 
 def test_hf_hub_model_names(sources, caplog):
     c = sources['caches']
-    cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
-    config = dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+    config = _tiny_hub_config()
     c.put_hub_repo(
         hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'], 'config.json': json.dumps(config).encode()})
     c.offline()
@@ -145,44 +156,23 @@ def test_hf_hub_model_names(sources, caplog):
     assert not _fallback_warnings(caplog)
 
 
-def test_hf_hub_model_name_falls_back_to_release(sources, caplog):
+def test_hf_hub_names_behave_as_for_any_timm_model(sources):
+    # no fallback for hf-hub: names: with the repo missing, HVT fails as a timm model does, the release unused
     c = sources['caches']
     c.offline()
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
-    assert_weights(model, sources['release_sd'])
-    assert len(_fallback_warnings(caplog)) == 1
-    with pytest.raises(LocalEntryNotFoundError):
-        timm.create_model('hf-hub:someone/else', pretrained=True)  # not this project's repo: no fallback
-
-
-def test_hub_asked_once_and_its_note_dies_with_the_build(sources, caplog):
-    c = sources['caches']
-    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    with fake_hub('RepoNotFound') as hub:
-        c.endpoint(hub.url)
-        model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
-    # config.json was missing: the weights went straight to the fallback, without asking the hub again
-    assert any('config.json' in r for r in hub.requests)
-    assert not any('model.safetensors' in r or 'pytorch_model.bin' in r for r in hub.requests), hub.requests
-    assert_weights(model, sources['release_sd'])
-    assert 'hub_unavailable' not in model.pretrained_cfg
-
-    c.offline()
-    with pytest.raises(TypeError):  # a build that fails after the config fallback ...
-        timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', no_such_argument=1, **TINY)
-    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
-    caplog.clear()
-    # ... leaves nothing behind: the next build asks the hub (here: finds the repo in the HF cache)
-    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
-    assert not _fallback_warnings(caplog)
+    errors = []
+    for name in (f'hf-hub:{hub_id("hvt_ti_1")}', 'hf-hub:timm/deit_tiny_patch16_224.fb_in1k'):
+        with pytest.raises(Exception) as info:
+            timm.create_model(name, pretrained=True)
+        errors.append(info.value)
+    assert type(errors[0]) is type(errors[1]) and isinstance(errors[0], LocalEntryNotFoundError)
 
 
 def test_hub_repo_with_pytorch_model_bin_only(sources, caplog):
     # a third-party repo of fine-tuned HVT weights, saved with torch.save instead of safetensors
     c = sources['caches']
-    cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
-    config = dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+    config = _tiny_hub_config()
     c.put_hub_repo('someone/hvt-bin', {
         'pytorch_model.bin': sources['release_file'], 'config.json': json.dumps(config).encode()})
     c.offline()
@@ -190,22 +180,6 @@ def test_hub_repo_with_pytorch_model_bin_only(sources, caplog):
     assert_weights(model, sources['release_sd'])
     assert model.pretrained_cfg['hf_hub_id'] == 'someone/hvt-bin'
     assert not _fallback_warnings(caplog)
-
-
-def test_folder_with_several_checkpoints_is_read_as_timm_reads_it(tmp_path, caplog):
-    folder = tmp_path / 'output'
-    folder.mkdir()
-    for epoch in (0, 299):
-        torch.save({'epoch': torch.tensor(epoch)}, folder / f'checkpoint-{epoch}.pth')
-    chosen = find_weights_file(str(folder))
-    timm_choice = timm.models._hub.load_state_dict_from_path(folder)  # timm's local-dir: loader
-    assert torch.equal(read_checkpoint(chosen)['epoch'], timm_choice['epoch'])
-    warnings = [r.getMessage() for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and 'checkpoint-0.pth' in warnings[0] and 'checkpoint-299.pth' in warnings[0]
-    (folder / 'pytorch_model.bin').write_bytes(b'')  # a preferred name settles it
-    caplog.clear()
-    assert find_weights_file(str(folder)) == str(folder / 'pytorch_model.bin')
-    assert not caplog.records
 
 
 def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):
@@ -218,16 +192,18 @@ def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):
         'hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=release), num_classes=10, **TINY)
     assert model.head.weight.shape == (10, 192)
     assert_weights(model, sources['release_sd'], keys=['pos_embed', 'norm.weight'])
+    # train.py --initial-checkpoint, and timm's load_checkpoint with the filter (here: to another resolution)
     assert_weights(timm.create_model('hvt_ti_1', checkpoint_path=release, **TINY), sources['release_sd'])
-    model = timm.create_model('hvt_ti_1', **TINY)
-    timm.models.load_checkpoint(model, release)
-    assert_weights(model, sources['release_sd'])
-    # a folder in the hub layout is a file source too
+    model = timm.create_model('hvt_ti_1', img_size=288, **TINY)
+    timm.models.load_checkpoint(model, release, filter_fn=checkpoint_filter_fn)
+    assert_weights(model, sources['release_sd'], keys=['patch_embed.proj.weight', 'blocks.1.attn.qkv.weight'])
+    assert model.pos_embed.shape == (1, 18 * 18, 192)
+    # a hub folder of this project's layout, by timm's local-dir: name
     folder = tmp_path / 'folder'
     folder.mkdir()
     save_hub_weights(folder / 'model.safetensors', sources['hub_sd'])
-    model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=str(folder)), **TINY)
-    assert_weights(model, sources['hub_sd'])
+    (folder / 'config.json').write_text(json.dumps(_tiny_hub_config()))
+    assert_weights(timm.create_model(f'local-dir:{folder}', pretrained=True), sources['hub_sd'])
 
 
 def test_in_chans_and_num_classes_adapt(sources):
@@ -248,7 +224,6 @@ def test_features_only_with_pretrained(sources):
     c.offline()
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
     model = timm.create_model('hvt_ti_1', pretrained=True, features_only=True, out_indices=(0, 1), **TINY)
-    assert 'state_dict' not in model.pretrained_cfg
     assert torch.equal(model.model.pos_embed, sources['release_sd']['pos_embed'])
 
 
@@ -282,10 +257,11 @@ def test_patch_size_change_resamples_patch_kernel(sources):
 
 def test_corrupt_hub_file_is_an_error_not_a_fallback(sources):
     c = sources['caches']
-    c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'].read_bytes()[:1000]})
+    snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'].read_bytes()[:1000]})
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    with pytest.raises(RuntimeError, match=r'model\.safetensors is truncated or not a safetensors file'):
+    with pytest.raises(SafetensorError) as info:
         timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+    assert any(str(snapshot / 'model.safetensors') in note for note in info.value.__notes__)
 
 
 def test_namespace_and_offline_from_the_environment(tmp_path):

@@ -1,57 +1,102 @@
-"""No load path unpickles code; truncated and corrupt files fail with an error naming the file. On timm's own
-routes (load_checkpoint, checkpoint_path=) that error is timm's / torch's, the file name put in front, for every
-timm model, and a caller's weights_only=False is left alone."""
-import shutil
+"""timm-hvt is a plain timm plugin: importing it changes nothing of timm, torch or huggingface_hub, and other models
+load and fail exactly as without it. No route that reads a checkpoint runs code hidden in it, and damaged files fail
+with an error that names the file on the routes timm-hvt drives."""
+import json
+import os
+import pickle
+import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 from _weights_helpers import (
-    TINY, Caches, caches, hub_id, release_url, save_authors_checkpoint, save_hub_weights, save_malicious_checkpoint,
-    unpickle_without_safeguards,
+    TINY, Caches, caches, hub_id, offline_env, release_url, save_authors_checkpoint, save_hub_weights,
+    save_malicious_checkpoint, unpickle_without_safeguards,
 )
-from timm_hvt import cli
-from timm_hvt.checkpoint import CheckpointReadError, UnsafeCheckpointError, read_checkpoint
+from timm_hvt import checkpoint_filter_fn, cli
 from timm_hvt.convert import convert_checkpoint
 
-# routes where timm itself reads the file (timm_hvt only names the file in timm's error)
-TIMM_ROUTES = ('checkpoint_path (--initial-checkpoint)', 'timm.models.load_checkpoint')
-# routes that read the file from a cache the route puts it in: from the torch hub cache or the HF cache
-CACHE_ROUTES = ('pretrained=True (release fallback)', 'hf-hub: name (release fallback)',
-                'pretrained=True (hub pytorch_model.bin)')
+PLUGIN_IMPORT = r'''
+import inspect, json, sys
+import huggingface_hub, timm, timm.data, timm.layers, timm.models, torch, torch.hub, torch.serialization
+
+def ids(namespace, prefix):
+    out = {}
+    for name, value in list(vars(namespace).items()):
+        if callable(value) or isinstance(value, (staticmethod, classmethod, property)):
+            out[prefix + name] = id(value)
+        if inspect.isclass(value) and value.__module__.startswith(('timm', 'torch', 'huggingface_hub')):
+            out.update({f'{prefix}{name}.{k}': id(v) for k, v in vars(value).items() if callable(v)})
+    return out
+
+def snapshot():
+    found = ids(torch.nn.Module, 'torch.nn.Module.')
+    for mod_name, module in list(sys.modules.items()):
+        if module is not None and mod_name.split('.')[0] in ('timm', 'huggingface_hub') \
+                or mod_name in ('torch.hub', 'torch.serialization'):
+            found.update(ids(module, mod_name + '.'))
+    return found
+
+def other_model_errors():
+    errors = []
+    for path in sys.argv[1:]:
+        try:
+            timm.create_model('deit_tiny_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+            errors.append('loaded')
+        except Exception as e:
+            errors.append(f'{type(e).__module__}.{type(e).__qualname__}: {e}')
+    return errors
+
+before, errors_before = snapshot(), other_model_errors()
+import timm_hvt
+after, errors_after = snapshot(), other_model_errors()
+print(json.dumps(dict(
+    checked=len(before), changed=sorted(k for k in before if after.get(k) != before[k]),
+    registered=len(timm.list_models('hvt_*')), errors_before=errors_before, errors_after=errors_after)))
+'''
 
 
-def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
-    """Every way a checkpoint file gets into a model, each reading `path` (cache routes: the copy `_read_as`
-    names)."""
+def test_import_registers_and_changes_nothing(tmp_path):
+    # one fresh interpreter (autoload off): what timm, torch and huggingface_hub hold, and how another model's
+    # corrupt and wrong-keys files fail, before and after `import timm_hvt`
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint ' * 64)
+    wrong_keys = tmp_path / 'wrong_keys.pth'
+    torch.save({'model': {'not_a_deit_key': torch.zeros(3)}}, wrong_keys)
+    env = dict(os.environ, **offline_env(tmp_path), TIMM_HVT_AUTOLOAD='0')
+    out = subprocess.run([sys.executable, '-c', PLUGIN_IMPORT, str(corrupt), str(wrong_keys)],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result['registered'] == 10
+    assert result['checked'] > 5000  # the snapshot saw timm's, torch's and huggingface_hub's callables
+    assert result['changed'] == []
+    assert result['errors_after'] == result['errors_before']
+    assert 'not_a_deit_key' in result['errors_before'][1] and 'loaded' not in result['errors_before']
+
+
+def _routes(c: Caches, out_dir: Path):
+    """Every way a checkpoint file gets into an HVT model, each reading `path`."""
     def pretrained_release(path: Path):
         c.put_release(release_url('hvt_ti_1'), path)
         return timm.create_model('hvt_ti_1', pretrained=True, **TINY)
 
-    def hf_hub_name_release(path: Path):
-        c.put_release(release_url('hvt_ti_1'), path)
-        return timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True, **TINY)
-
-    def pretrained_hub_bin(path: Path):
-        snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'pytorch_model.bin': path})
-        try:
-            return timm.create_model('hvt_ti_1', pretrained=True, **TINY)
-        finally:  # the other routes must not find it
-            shutil.rmtree(snapshot.parents[1])
+    def hf_hub_name_bin(path: Path):
+        cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
+        config = dict(architecture=cfg.pop('architecture'), num_classes=1000, model_args=TINY, pretrained_cfg=cfg)
+        c.put_hub_repo('someone/hvt-bin', {'pytorch_model.bin': path, 'config.json': json.dumps(config).encode()})
+        return timm.create_model('hf-hub:someone/hvt-bin', pretrained=True)
 
     def load_checkpoint(path: Path):
-        return timm.models.load_checkpoint(timm.create_model('hvt_ti_1', **TINY), str(path))
+        return timm.models.load_checkpoint(
+            timm.create_model('hvt_ti_1', **TINY), str(path), filter_fn=checkpoint_filter_fn)
 
     return {
-        'read_checkpoint': read_checkpoint,
         'pretrained=True (release fallback)': pretrained_release,
-        'hf-hub: name (release fallback)': hf_hub_name_release,
-        'pretrained=True (hub pytorch_model.bin)': pretrained_hub_bin,
+        'hf-hub: name (pytorch_model.bin)': hf_hub_name_bin,
         'pretrained_cfg_overlay file (--pretrained-path)': lambda path: timm.create_model(
             'hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY),
         'checkpoint_path (--initial-checkpoint)': lambda path: timm.create_model(
@@ -59,14 +104,6 @@ def _routes(c: Caches, out_dir: Path) -> Dict[str, Callable[[Path], object]]:
         'timm.models.load_checkpoint': load_checkpoint,
         'convert': lambda path: convert_checkpoint(str(path), 'hvt_ti_1', str(out_dir)),
     }
-
-
-def _read_as(c: Caches, route: str, path: Path) -> Path:
-    if 'release fallback' in route:
-        return c.torch_checkpoints / 'hvt_ti_1.pth'
-    if 'hub pytorch_model.bin' in route:
-        return c.hub_snapshot(hub_id('hvt_ti_1')) / 'pytorch_model.bin'
-    return path
 
 
 @pytest.fixture
@@ -83,135 +120,59 @@ def test_the_malicious_fixture_really_runs_code(malicious):
     assert marker.exists()
 
 
-def test_every_load_path_refuses_code(caches, malicious, tmp_path):
+def test_no_route_runs_code(caches, malicious, tmp_path):
     path, marker = malicious
     caches.offline()
     for route, load in _routes(caches, tmp_path / 'out').items():
-        with pytest.raises(CheckpointReadError) as info:
+        with pytest.raises((pickle.UnpicklingError, RuntimeError)) as info:
             load(path)
-        message = str(info.value)
-        assert str(_read_as(caches, route, path)) in message and 'system' in message, route
-        if route in TIMM_ROUTES:  # timm's refusal, with its remedy, after the file name
-            assert 'weights_only=True blocked loading' in message, route
-        else:
-            assert isinstance(info.value, UnsafeCheckpointError) and 'Refused to load' in message, route
+        assert 'system' in str(info.value), route  # refused for the global that would run the command
         assert not marker.exists(), route
     assert not (tmp_path / 'out').exists()
 
 
-def test_cli_convert_refuses_code(malicious, tmp_path, capsys):
+def test_cli_convert_refuses_code_in_one_line(malicious, tmp_path, capsys):
     path, marker = malicious
     assert cli.main(['convert', str(path), '--model', 'hvt_ti_1', '--out', str(tmp_path / 'out')]) == 1
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'Traceback' not in err
-    assert 'Refused to load' in err and str(path) in err
+    assert err.count('\n') == 1 and 'Traceback' not in err and str(path) in err
     assert not marker.exists() and not (tmp_path / 'out').exists()
 
 
-def _damaged_files(tmp_path: Path) -> Dict[str, Path]:
+def _damaged_files(tmp_path: Path):
     good = tmp_path / 'good.pth'
     save_authors_checkpoint(good, 'hvt_ti_1', **TINY)
     data = good.read_bytes()
+    safetensors_data = save_hub_weights(tmp_path / 'good.safetensors', {'pos_embed': torch.zeros(3)}).read_bytes()
     files = {
-        'truncated .pth': (tmp_path / 'truncated.pth', data[:len(data) // 2]),
-        'garbage .pth': (tmp_path / 'garbage.pth', b'not a checkpoint at all ' * 40),
-        'empty .pth': (tmp_path / 'empty.pth', b''),
+        'truncated.pth': data[:len(data) // 2],
+        'garbage.pth': b'not a checkpoint at all ' * 40,
+        'empty.pth': b'',
+        'truncated.safetensors': safetensors_data[:20],
     }
-    safetensors_file = save_hub_weights(tmp_path / 'good.safetensors', {'pos_embed': torch.zeros(3)})
-    files['truncated .safetensors'] = (tmp_path / 'truncated.safetensors', safetensors_file.read_bytes()[:20])
-    for path, content in files.values():
-        path.write_bytes(content)
-    return {kind: path for kind, (path, _) in files.items()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return [tmp_path / name for name in files]
 
 
-def test_damaged_files_fail_naming_the_file(caches, tmp_path):
+@pytest.mark.parametrize('route', ['pretrained=True (release fallback)',
+                                   'pretrained_cfg_overlay file (--pretrained-path)', 'convert'])
+def test_damaged_files_fail_naming_the_file(caches, tmp_path, route):
     caches.offline()
-    routes = _routes(caches, tmp_path / 'out')
-    for kind, path in _damaged_files(tmp_path).items():
-        for route, load in routes.items():
-            if route in CACHE_ROUTES and path.suffix != '.pth':
-                continue  # release files and the hub's pytorch_model.bin are PyTorch files
-            with pytest.raises(CheckpointReadError) as info:
-                load(path)
-            message = str(info.value)
-            assert str(_read_as(caches, route, path)) in message, (kind, route)
-            if route in TIMM_ROUTES:  # timm's / torch's own error, the file named before it
-                assert message.startswith(f'Cannot read checkpoint {path}: '), (kind, route)
-                assert str(info.value.__cause__).strip() in message, (kind, route)
-                assert isinstance(info.value, type(info.value.__cause__)), (kind, route)  # caught as before
-            else:
-                assert 'truncated or not a' in message, (kind, route)
+    load = _routes(caches, tmp_path / 'out')[route]
+    for path in _damaged_files(tmp_path):
+        if 'release' in route and path.suffix != '.pth':
+            continue  # release files are PyTorch files
+        with pytest.raises(Exception) as info:
+            load(path)
+        read_as = caches.torch_checkpoints / 'hvt_ti_1.pth' if 'release' in route else path
+        assert any(str(read_as) in note for note in getattr(info.value, '__notes__', ())), (route, path.name)
+    assert not (tmp_path / 'out').exists()
 
 
 def test_missing_file_is_named(caches, tmp_path):
-    missing = tmp_path / 'nowhere.pth'
-    for route, load in _routes(caches, tmp_path / 'out').items():
-        if 'release fallback' in route:
-            continue
-        with pytest.raises((FileNotFoundError, CheckpointReadError), match='nowhere.pth'):
-            load(missing)
-
-
-# timm_hvt's wrapper of timm's load_state_dict is installed whenever timm is imported: other models must keep
-# timm's behaviour, only gaining the file name in front of timm's / torch's error when the file cannot be read
-
-
-def _timm_error(path: Path, **kwargs) -> Exception:
-    """The error timm's own load_state_dict, without timm_hvt's wrapper, raises for `path`."""
-    unwrapped = timm.models._helpers.load_state_dict.timm_hvt_wrapped
-    with pytest.raises(Exception) as info:
-        unwrapped(str(path), **kwargs)
-    return info.value
-
-
-def test_other_timm_models_load_as_in_timm(tmp_path):
-    model, source = timm.create_model('test_vit'), timm.create_model('test_vit')
-    path = tmp_path / 'vit.pth'
-    torch.save({'state_dict': source.state_dict(), 'epoch': 3}, path)
-    result = timm.models.load_checkpoint(model, str(path))
-    assert not result.missing_keys and not result.unexpected_keys
-    for k, v in source.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
-
-
-def test_other_timm_models_keep_torchs_refusal_naming_the_file(tmp_path):
-    model, source = timm.create_model('test_vit'), timm.create_model('test_vit')
-    path = tmp_path / 'legacy.pth'
-    # an old training checkpoint: a numpy scalar next to the weights, which weights_only=True does not allow
-    torch.save({'state_dict': source.state_dict(), 'best_metric': np.float64(71.5)}, path)
-    with pytest.raises(RuntimeError) as info:
-        timm.models.load_checkpoint(model, str(path))
-    original = _timm_error(path)
-    message = str(info.value)
-    assert message == f'Cannot read checkpoint {path}: {original}'
-    assert 'Unsupported globals' in message and 'retry with weights_only=False' in message  # torch's / timm's
-    assert type(info.value.__cause__) is type(original) and str(info.value.__cause__) == str(original)
-    assert 'Refused' not in message
-
-    # the caller trusts this file and opts out, as timm allows: it loads (the only weights_only=False here is
-    # timm's, on the caller's request)
-    timm.models.load_checkpoint(model, str(path), weights_only=False)
-    assert torch.equal(model.state_dict()['head.weight'], source.state_dict()['head.weight'])
-
-
-class GoneFromMain:
-    """Pickled as __main__.GoneFromMain, then removed: unpickling it fails (with weights_only=False)."""
-
-
-def test_weights_only_false_is_left_to_torch(tmp_path, monkeypatch):
-    model = timm.create_model('test_vit')
-    path = tmp_path / 'custom.pth'
-    with monkeypatch.context() as m:
-        m.setattr(GoneFromMain, '__module__', '__main__')
-        m.setattr(sys.modules['__main__'], 'GoneFromMain', GoneFromMain, raising=False)
-        torch.save({'state_dict': model.state_dict(), 'extra': GoneFromMain()}, path)
-    # the caller opted out of weights_only: torch's own unpickling error comes through unchanged, no "Refused"
-    original = _timm_error(path, weights_only=False)
-    with pytest.raises(type(original)) as info:
-        timm.models.load_checkpoint(model, str(path), weights_only=False)
-    assert type(info.value) is type(original) and str(info.value) == str(original)
-    assert 'GoneFromMain' in str(info.value)
-    # with the default weights_only=True: timm's refusal naming the class, the file named in front
-    with pytest.raises(RuntimeError, match='Unsupported globals: .*__main__.GoneFromMain') as info:
-        timm.models.load_checkpoint(model, str(path))
-    assert str(path) in str(info.value)
+    missing = str(tmp_path / 'nowhere.pth')
+    with pytest.raises(FileNotFoundError) as info:
+        timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(file=missing), **TINY)
+    assert any(missing in note for note in info.value.__notes__)
+    assert cli.main(['convert', missing, '--model', 'hvt_ti_1', '--out', str(tmp_path / 'out')]) == 1

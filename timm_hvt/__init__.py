@@ -1,8 +1,11 @@
 """HVT (Pan et al., "Scalable Vision Transformers with Hierarchical Pooling", ICCV 2021) as timm models.
 
-Importing this package registers the `hvt_*` models with timm's registry.
+Importing this package registers the `hvt_*` models with timm's registry; nothing else of timm changes.
 """
-from .hvt import HierarchicalVisionTransformer, checkpoint_filter_fn
+from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, PretrainedWeightsUnavailable, checkpoint_filter_fn
 
-__version__ = '0.1.0'
-__all__ = ['HierarchicalVisionTransformer', 'checkpoint_filter_fn', '__version__']
+__version__ = '0.2.0'
+__all__ = [
+    'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'PretrainedWeightsUnavailable',
+    '__version__',
+]

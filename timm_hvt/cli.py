@@ -7,12 +7,15 @@ from typing import List, Optional
 __all__ = ['main', 'variant_rows']
 
 
+def _figure(value: Optional[float]) -> str:
+    return '-' if value is None else f'{value:.2f}'
+
+
 def variant_rows() -> List[dict]:
     """One row per registered variant: measured params / GMACs at its default resolution next to the paper's."""
     import timm
     import torch
 
-    import timm_hvt  # noqa: F401  registers the models
     from timm_hvt.flops import count_gmacs, count_params
     from timm_hvt.paper import PAPER_RESULTS
 
@@ -22,7 +25,6 @@ def variant_rows() -> List[dict]:
             model = timm.create_model(name)
         cfg = model.pretrained_cfg
         paper = PAPER_RESULTS.get(name)
-        tagged = timm.list_pretrained(f'{name}.*')
         rows.append(dict(
             model=name,
             img_size=cfg['input_size'][-1],
@@ -31,19 +33,12 @@ def variant_rows() -> List[dict]:
             paper_params_m=paper.params_m if paper else None,
             paper_gmacs=paper.gmacs if paper else None,
             paper_top1=paper.top1 if paper else None,
-            weights=_weights_source(tagged[0]) if tagged else '-',
+            weights=f'{name}.{cfg["tag"]}: hf-hub:{cfg["hf_hub_id"]} (fallback {cfg["url"]})' if paper else '-',
         ))
     return rows
 
 
-def _weights_source(name_tag: str) -> str:
-    from timm.models import get_pretrained_cfg
-    cfg = get_pretrained_cfg(name_tag)
-    return f'{name_tag}: hf-hub:{cfg.hf_hub_id} (fallback {cfg.url})'
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    from timm_hvt.convert import format_figure
     rows = variant_rows()
     header = f'{"model":<10} {"img":>4} {"params(M)":>9} {"GMACs":>6} {"paper params":>12} ' \
              f'{"paper GFLOPs":>12} {"paper top-1":>11}  pretrained weights'
@@ -51,8 +46,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print('-' * len(header))
     for r in rows:
         print(f'{r["model"]:<10} {r["img_size"]:>4} {r["params_m"]:>9.2f} {r["gmacs"]:>6.2f} '
-              f'{format_figure(r["paper_params_m"], ".2f"):>12} {format_figure(r["paper_gmacs"], ".2f"):>12} '
-              f'{format_figure(r["paper_top1"], ".2f"):>11}  {r["weights"]}')
+              f'{_figure(r["paper_params_m"]):>12} {_figure(r["paper_gmacs"]):>12} '
+              f'{_figure(r["paper_top1"]):>11}  {r["weights"]}')
     print('\nGMACs measured here count convolutions, linear layers and both attention matmuls, '
           'as the paper\'s "FLOPs" do.')
     return 0
@@ -65,7 +60,7 @@ def _one_line_errors(cmd):
         try:
             return cmd(args)
         except Exception as e:
-            message = ' '.join(str(e).split()) or type(e).__name__
+            message = ' '.join([*str(e).split(), *' '.join(getattr(e, '__notes__', ())).split()]) or type(e).__name__
             print(f'timm-hvt {args.command}: error: {message}', file=sys.stderr)
             return 1
     return run

@@ -9,6 +9,7 @@ stage (after the first block of each stage), each pooled stage adding a position
 head sees the mean of the last stage's tokens. Built from timm's own ViT parts; state dict keys follow the
 authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their checkpoints load unchanged.
 """
+import logging
 import math
 import os
 from functools import partial
@@ -24,24 +25,42 @@ from timm.layers import (
     LayerNorm,
     LayerType,
     PatchEmbed,
-    calculate_drop_path_rates,
     get_act_layer,
-    get_device_dtype,
     get_norm_layer,
-    is_exporting,
     resample_abs_pos_embed,
+    resample_patch_embed,
     to_2tuple,
     trunc_normal_,
 )
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
-from timm.models._features import feature_take_indices
-from timm.models._input import update_model_input_size
-from timm.models._manipulate import checkpoint, checkpoint_seq, named_apply
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint,
+    checkpoint_seq,
+    clean_state_dict,
+    generate_default_cfgs,
+    named_apply,
+    register_model,
+    register_model_deprecations,
+    resolve_pretrained_cfg,
+)
 from timm.models.vision_transformer import Block, global_pool_nlc, init_weights_vit_timm
+
+# Private timm names, two in all. feature_take_indices: timm's own index rules for forward_intermediates and
+# prune_intermediate_layers (every timm model uses it; timm.models does not export it).
+from timm.models._features import feature_take_indices
+try:  # timm >= 1.0.31 records a resize so save_for_hf writes the new size; older releases record nothing
+    from timm.models._input import update_model_input_size
+except ImportError:
+    update_model_input_size = None
 
 from .paper import ARXIV_ID, PAPER_RESULTS
 
-__all__ = ['HierarchicalVisionTransformer', 'pooled_seq_lens', 'resample_pos_embed_1d']
+__all__ = [
+    'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'PretrainedWeightsUnavailable',
+    'pooled_seq_lens', 'resample_pos_embed_1d',
+]
+
+_logger = logging.getLogger(__name__)
 
 GLOBAL_POOL_TYPES = ('', 'avg', 'avgmax', 'max', 'token')
 POOL_LAYERS = {'max': nn.MaxPool1d, 'avg': nn.AvgPool1d}
@@ -97,8 +116,6 @@ def pooled_seq_lens(
 
 def resample_pos_embed_1d(posemb: torch.Tensor, new_len: int, interpolation: str = 'linear') -> torch.Tensor:
     """Resample a (1, N, C) position embedding along its token axis to (1, new_len, C)."""
-    if not is_exporting() and posemb.shape[1] == new_len:
-        return posemb
     orig_dtype = posemb.dtype
     posemb = F.interpolate(posemb.float().transpose(1, 2), size=new_len, mode=interpolation, align_corners=False)
     return posemb.transpose(1, 2).to(orig_dtype)
@@ -258,7 +275,7 @@ class HierarchicalVisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
 
-        dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as in DeiT
         block_kwargs = dict(
             dim=embed_dim,
             num_heads=num_heads,
@@ -294,8 +311,6 @@ class HierarchicalVisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.init_weights(needs_reset=False)
-        from .checkpoint import fit_on_load  # load_state_dict resamples to this size (with a warning) or explains
-        self.register_load_state_dict_pre_hook(fit_on_load)
 
     def _pooled_seq_lens(self, grid_size: Sequence[int]) -> List[int]:
         where = f' at a {grid_size[0]}x{grid_size[1]} patch grid'
@@ -348,7 +363,7 @@ class HierarchicalVisionTransformer(nn.Module):
                 raise ValueError("global_pool='token' needs a model built with class_token=True")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes, **get_device_dtype(self)) if num_classes > 0 \
+        self.head = nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device, dtype=self.pos_embed.dtype) if num_classes > 0 \
             else nn.Identity()
         self.head.train(self.training)
 
@@ -379,7 +394,8 @@ class HierarchicalVisionTransformer(nn.Module):
                 blk.pos_embed = nn.Parameter(
                     resample_pos_embed_1d(blk.pos_embed, new_len), requires_grad=blk.pos_embed.requires_grad)
         self.feature_info = self._feature_info()
-        update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
+        if update_model_input_size is not None:
+            update_model_input_size(self, self.patch_embed.img_size, patch_size=patch_size)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_img_size:
@@ -401,7 +417,7 @@ class HierarchicalVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def _check_seq_len(self, H: int, W: int) -> None:
-        if not torch.compiler.is_compiling() and not is_exporting():
+        if not torch.compiler.is_compiling():  # also True under torch.export
             self._pooled_seq_lens((H, W))
 
     def forward_intermediates(
@@ -511,34 +527,154 @@ class HierarchicalVisionTransformer(nn.Module):
         return x
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint holds another architecture than the model it is loaded into."""
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """None of a model's pretrained weight sources could be had."""
+
+
+def _layout(shapes: Dict[str, torch.Size]) -> Dict[str, Any]:
+    """What the key names and shapes of an HVT state dict say about its architecture."""
+    blocks = {int(k.split('.')[1]) for k in shapes if k.startswith('blocks.') and k.split('.')[1].isdigit()}
+    return dict(
+        embed_dim=shapes['pos_embed'][-1] if 'pos_embed' in shapes else None,
+        depth=max(blocks) + 1 if blocks else 0,
+        pooled_after=sorted(i for i in blocks if f'blocks.{i}.pos_embed' in shapes),
+        mlp_hidden=shapes['blocks.0.mlp.fc1.weight'][0] if 'blocks.0.mlp.fc1.weight' in shapes else None,
+        class_token='cls_token' in shapes,
+    )
+
+
+def _describe(layout: Dict[str, Any]) -> str:
+    text = ', '.join(f'{k} {v}' for k, v in layout.items())
+    if layout['depth'] == 12 and not layout['class_token'] and layout['mlp_hidden'] == 4 * (layout['embed_dim'] or 0):
+        size = {192: 'ti', 384: 's'}.get(layout['embed_dim'])
+        stages = len(layout['pooled_after'])
+        if size and stages <= 12 and tuple(layout['pooled_after']) == pool_block_indices(12, num_pool_stages=stages):
+            text += f' (the layout of hvt_{size}_{stages})'
+    return text
+
+
 def checkpoint_filter_fn(
         state_dict: Dict[str, Any],
         model: HierarchicalVisionTransformer,
         interpolation: str = 'bicubic',
         antialias: bool = True,
 ) -> Dict[str, torch.Tensor]:
-    """Adapt the authors' checkpoints (training-script files or bare state dicts) and this project's own to `model`,
-    resampling position embeddings and the patch kernel to the model's image and patch size."""
-    from .checkpoint import adapt_state_dict
-    return adapt_state_dict(state_dict, model, interpolation=interpolation, antialias=antialias)
+    """Fit a checkpoint to `model`: the authors' training-script files (weights under 'model'), bare state dicts and
+    timm's own exports; 'module.' prefixes are dropped, and the patch-grid position embedding (2D), each pooled
+    stage's embedding (1D) and the patch kernel are resampled to the model's sizes. A checkpoint of another
+    variant raises CheckpointMismatchError naming what it holds and what the model expects. Heads of another
+    class count and kernels of another channel count are left to timm's pretrained loader (or torch's errors)."""
+    if isinstance(state_dict.get('model'), dict):
+        state_dict = state_dict['model']
+    state_dict = clean_state_dict({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
+    target = {k: v.shape for k, v in model.state_dict().items()}
+    have, want = _layout({k: v.shape for k, v in state_dict.items()}), _layout(target)
+    if have != want:
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+        raise CheckpointMismatchError(
+            f'The checkpoint does not fit {name}: it holds {_describe(have)}; the model expects {_describe(want)}')
+
+    kernel = state_dict.get('patch_embed.proj.weight')
+    if kernel is not None and kernel.shape[-2:] != target['patch_embed.proj.weight'][-2:]:
+        state_dict['patch_embed.proj.weight'] = resample_patch_embed(
+            kernel, list(model.patch_embed.patch_size), interpolation=interpolation, antialias=antialias)
+    num_tokens = state_dict['pos_embed'].shape[1]
+    if num_tokens != target['pos_embed'][1]:
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise CheckpointMismatchError(
+                f'Cannot resample the checkpoint\'s pos_embed of {num_tokens} tokens (not a square patch grid) to '
+                f'the model\'s {model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]} grid')
+        state_dict['pos_embed'] = resample_abs_pos_embed(
+            state_dict['pos_embed'], new_size=list(model.patch_embed.grid_size), old_size=[side, side],
+            num_prefix_tokens=0, interpolation=interpolation, antialias=antialias)
+    for i in want['pooled_after']:
+        key, new_len = f'blocks.{i}.pos_embed', target[f'blocks.{i}.pos_embed'][1]
+        if state_dict[key].shape[1] != new_len:
+            state_dict[key] = resample_pos_embed_1d(state_dict[key], new_len)
+    return state_dict
+
+
+def add_note(e: BaseException, note: str) -> None:
+    """Name the file an error came from without changing its type or message (Python >= 3.11 shows notes)."""
+    if hasattr(e, 'add_note'):
+        e.add_note(note)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _download_pretrained(cfg: Any, cache_dir: Optional[str] = None) -> str:
+    """Local path of the weights `cfg` names: its Hugging Face Hub repo's model.safetensors first (from the HF
+    cache when offline), else the authors' release file in torch's hub directory (downloaded there once)."""
+    from huggingface_hub import constants, hf_hub_download
+    failures = []
+    if cfg.hf_hub_id:
+        repo_id, _, revision = cfg.hf_hub_id.partition('@')
+        try:
+            path = hf_hub_download(
+                repo_id, cfg.hf_hub_filename or 'model.safetensors', revision=revision or None, cache_dir=cache_dir)
+        except Exception as e:  # missing repo or file, hub unreachable, offline without a cached copy
+            failures.append(f'Hugging Face Hub {cfg.hf_hub_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]} '
+                            f'[HF cache {cache_dir or constants.HF_HUB_CACHE}]')
+        else:
+            _logger.info(f'{cfg.architecture}: pretrained weights from the Hugging Face Hub ({cfg.hf_hub_id})')
+            return path
+    if cfg.url:
+        url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]  # timm also takes (url, file name)
+        folder = cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
+        path = os.path.join(folder, url.rsplit('/', 1)[-1])
+        try:
+            if not os.path.isfile(path):
+                if _hub_offline():
+                    raise FileNotFoundError('HF_HUB_OFFLINE is set and the file is not cached')
+                os.makedirs(folder, exist_ok=True)
+                torch.hub.download_url_to_file(url, path)
+        except Exception as e:
+            failures.append(f'authors\' release {url}: {type(e).__name__}: {e} [torch hub cache {folder}]')
+        else:
+            _logger.warning(f'{cfg.architecture}: pretrained weights from the authors\' release {url} (cached at '
+                            f'{path}), converted on load. Not from the {failures[0] if failures else "hub: no hub id"}')
+            return path
+    raise PretrainedWeightsUnavailable(
+        f'No pretrained weights for {cfg.architecture} could be had: {" | ".join(failures)}')
 
 
 def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    from .weights import finish_model, prepare_pretrained
     out_indices = kwargs.pop('out_indices', 3)
-    origin = None
+    weights = None
     if pretrained:
-        # hub first, else the authors' release: fetched before building, so a failure leaves no half-made model
-        kwargs, origin = prepare_pretrained(variant, kwargs)
-    model = build_model_with_cfg(
-        HierarchicalVisionTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
-        **kwargs,
-    )
-    return finish_model(model, origin)
+        cfg = resolve_pretrained_cfg(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        weights = cfg.file or cfg.hf_hub_id
+        if cfg.source in ('hf-hub', 'local-dir') or cfg.file or cfg.state_dict:
+            pass  # an hf-hub: / local-dir: name or a given file: timm loads it as for any model
+        elif not (cfg.hf_hub_id or cfg.url):
+            raise PretrainedWeightsUnavailable(
+                f'{variant} has no pretrained weights (the authors released none for it). Use pretrained=False, '
+                f'or give a file: pretrained_cfg_overlay=dict(file=...) or checkpoint_path=...')
+        else:  # fetched before building, so a missing source leaves no half-made model
+            weights = _download_pretrained(cfg, kwargs.get('cache_dir'))
+            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=weights)
+    try:
+        return build_model_with_cfg(
+            HierarchicalVisionTransformer,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
+            **kwargs,
+        )
+    except Exception as e:
+        if weights and not isinstance(e, CheckpointMismatchError):
+            add_note(e, f'(while building {variant} with the pretrained weights of {weights})')
+        raise
 
 
 HF_HUB_NAMESPACE = os.environ.get('TIMM_HVT_HUB_NAMESPACE') or 'timm-hvt'
@@ -580,76 +716,72 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _hvt(variant: str, pretrained: bool, embed_dim: int, num_heads: int, num_pool_stages: int, /, **kwargs):
-    model_args = dict(
-        patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, num_pool_stages=num_pool_stages)
-    return _create_hvt(variant, pretrained=pretrained, **dict(model_args, **kwargs))
-
-
 @register_model
 def hvt_ti_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-Ti without pooling: DeiT-Ti without class token, mean-pooled."""
-    return _hvt('hvt_ti_0', pretrained, 192, 3, 0, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=0)
+    return _create_hvt('hvt_ti_0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-Ti-1 (paper: 0.64 GFLOPs, 5.74M params, 69.64 top-1)."""
-    return _hvt('hvt_ti_1', pretrained, 192, 3, 1, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=1)
+    return _create_hvt('hvt_ti_1', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    return _hvt('hvt_ti_2', pretrained, 192, 3, 2, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=2)
+    return _create_hvt('hvt_ti_2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    return _hvt('hvt_ti_3', pretrained, 192, 3, 3, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=3)
+    return _create_hvt('hvt_ti_3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    return _hvt('hvt_ti_4', pretrained, 192, 3, 4, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=4)
+    return _create_hvt('hvt_ti_4', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-S without pooling (paper: 4.57 GFLOPs, 22.05M params, 80.39 top-1)."""
-    return _hvt('hvt_s_0', pretrained, 384, 6, 0, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=0)
+    return _create_hvt('hvt_s_0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-S-1 (paper: 2.40 GFLOPs, 22.09M params, 78.00 top-1)."""
-    return _hvt('hvt_s_1', pretrained, 384, 6, 1, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=1)
+    return _create_hvt('hvt_s_1', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-S-2 (paper: 1.94 GFLOPs, 22.11M params, 77.36 top-1)."""
-    return _hvt('hvt_s_2', pretrained, 384, 6, 2, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=2)
+    return _create_hvt('hvt_s_2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-S-3 (paper: 1.62 GFLOPs, 22.11M params, 76.32 top-1)."""
-    return _hvt('hvt_s_3', pretrained, 384, 6, 3, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=3)
+    return _create_hvt('hvt_s_3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     """HVT-S-4, the paper's "Scale HVT-Ti-4" (1.39 GFLOPs, 22.12M params, 75.23 top-1)."""
-    return _hvt('hvt_s_4', pretrained, 384, 6, 4, **kwargs)
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=4)
+    return _create_hvt('hvt_s_4', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 register_model_deprecations(__name__, {'scale_hvt_ti_4': 'hvt_s_4.in1k'})
 
-
-def _install_weight_loading_hooks() -> None:
-    # `hf-hub:` names of this project's repos fall back to the authors' release; checkpoint read errors name the file
-    from .weights import install_timm_hooks
-    install_timm_hooks()
-
-
-_install_weight_loading_hooks()
