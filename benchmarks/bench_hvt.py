@@ -1,400 +1,388 @@
 #!/usr/bin/env python3
-"""Speed, cost and scaling of HVT against DeiT and PiT, in one run, on whatever device is present.
+"""HVT against DeiT, PiT and the authors' implementation: speed, cost and memory, in one run.
 
-    python benchmarks/bench_hvt.py                 # full run, results in benchmarks/results/
-    python benchmarks/bench_hvt.py --quick         # every file and row, tiny batches, < 1 minute
+    python benchmarks/bench_hvt.py            # full run (~10-15 min on 2 cores), writes benchmarks/results/
+    python benchmarks/bench_hvt.py --quick    # every file and row in about a minute (batch 2, one round)
 
-Measured for hvt_ti_0..4, hvt_s_0..4, deit_tiny/small and pit_ti/xs/s: parameters, GMACs (attention matmuls
-counted, as the HVT paper counts), inference and training-step (forward + backward + AdamW) images/s, peak tensor
-memory, at batch 1 and 32, fp32 and bf16 autocast, eager and torch.compile (inference, on a subset); images/s of
-HVT against DeiT at 224/288/384/448 (dynamic_img_size); the device's fp32 and bf16 GEMM rate and each model's
-achieved fraction of it. Every comparison is timed in one group of interleaved rounds and reported as medians.
-Writes results.csv, gemm.csv, targets.csv, results.md, env.json and PNG plots to --out.
+Each group of cases is timed in interleaved rounds: a round times every case once, the first case rotating from
+round to round, so load from elsewhere falls on all cases alike. A figure is the median of its rounds; a ratio is
+the ratio of two medians, shown with the lowest and highest ratio within one round. "authors" is
+tests/reference_hvt.py, the authors' computation (matmul + softmax attention, their token pooling, separate bias
+adds) over the same weights as ours.
 """
-import argparse
-import copy
-import gc
-import os
-import sys
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+import argparse, copy, datetime, functools, json, math, os, platform, subprocess, sys, time, weakref  # noqa: E401
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hvtbench import env as benv  # noqa: E402
-from hvtbench import models as bm  # noqa: E402
-from hvtbench import breakdown  # noqa: E402
-from hvtbench import report  # noqa: E402
-from hvtbench.measure import DTYPES, Case, gemm_cases, run_group  # noqa: E402
+import timm
+import timm_hvt
+from timm_hvt.flops import count_gmacs
+from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))
+import reference_hvt as authors  # noqa: E402
 
-
-@dataclass
-class Plan:
-    models: List[str] = field(default_factory=lambda: list(bm.ALL_MODELS))
-    batch: int = 32  # the large batch
-    rounds: int = 11  # fp32 batch-32 inference: the group the targets are judged on
-    rounds_other: int = 3
-    rounds_train: int = 5
-    warmup: int = 1
-    min_sample_s: float = 0.25  # short steps (batch 1) are timed over several calls per sample
-    sizes: Tuple[int, ...] = (224, 288, 384, 448)
-    sweep_models: List[str] = field(default_factory=lambda: list(bm.SWEEP_MODELS))
-    sweep_batch: int = 8
-    unfused_models: List[str] = field(default_factory=lambda: list(bm.TARGET_HVT))
-    compile_models: List[str] = field(default_factory=lambda: list(bm.COMPILE_MODELS))
-    compile_dtypes: Tuple[str, ...] = ('fp32', 'bf16')
-    compile_models_bf16: List[str] = field(default_factory=lambda: ['hvt_s_1', 'deit_small_patch16_224'])
-    gemm_square: Tuple[int, ...] = (2048, 4096)
-    fast_init: bool = False
-
-    @classmethod
-    def quick(cls) -> 'Plan':
-        return cls(batch=2, rounds=1, rounds_other=1, rounds_train=1, warmup=0, min_sample_s=0.0, sizes=(224, 288),
-                   sweep_batch=1, compile_models=[], gemm_square=(512,), fast_init=True)
+HVT = [f'hvt_{w}_{m}' for w in ('ti', 's') for m in range(5)]
+MODELS = HVT + ['deit_tiny_patch16_224', 'deit_small_patch16_224', 'pit_ti_224', 'pit_xs_224', 'pit_s_224']
+PAPER = {n: (r.gmacs, r.top1) for n, r in {**PAPER_RESULTS, **PAPER_BASELINES}.items()}
+PAPER.update(pit_ti_224=(0.7, 73.0), pit_xs_224=(1.4, 78.1), pit_s_224=(2.9, 80.9))  # PiT paper, Table 3
+VS_AUTHORS = ['hvt_ti_1', 'hvt_s_4']  # the lead over the authors' code is judged on these
+SWEEP = ['hvt_ti_1', 'hvt_s_1', 'hvt_s_4', 'deit_tiny_patch16_224', 'deit_small_patch16_224']  # PiT: no dynamic size
+BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # autocast bf16 only where the CPU has native bf16
+authors_forward = authors.forward.__wrapped__  # without its no_grad, so that a training step can use it
+weights = functools.lru_cache(authors.random_state_dict)  # the authors' random weights (O(1) logits), one draw
 
 
-def _amp(device: torch.device, dtype: str):
-    if dtype == 'fp32':
-        return nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage alive during a call, op by op, on top of the weights and inputs."""
+
+    def __init__(self, existing):
+        super().__init__()
+        self.live = {t.untyped_storage().data_ptr(): 0 for t in existing}
+        self.base = sum(t.untyped_storage().nbytes() for t in existing)
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            ptr = t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) and t._base is None else 0
+            if ptr and ptr not in self.live:
+                self.live[ptr] = t.untyped_storage().nbytes()
+                self.now += self.live[ptr]
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(t.untyped_storage(), self._free, ptr)
+        return out
+
+    def _free(self, ptr):
+        self.now -= self.live.pop(ptr, 0)
 
 
-def _inputs(batch: int, img_size: int, device: torch.device, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, img_size, img_size, generator=gen).to(device)
-    y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-    return x, y
+def create(name, **kw):
+    model = timm.create_model(name, **kw).eval().requires_grad_(False)
+    if name in authors.VARIANTS:  # the weights the authors' forward gets too
+        model.load_state_dict(weights(name))
+    return model
 
 
-def _state_tensors(model: nn.Module, opt: Optional[torch.optim.Optimizer], *extra: torch.Tensor):
-    def gen():
-        yield from model.parameters()
-        yield from model.buffers()
-        for p in model.parameters():
-            if p.grad is not None:
-                yield p.grad
-        if opt is not None:
-            for st in opt.state.values():
-                for v in st.values():
-                    if isinstance(v, torch.Tensor):
-                        yield v
-        yield from extra
-    return list(gen())
+def infer(fn, x, amp=False):
+    def step():
+        with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=amp):
+            return fn(x)
+    return step
 
 
-def infer_case(group: str, name: str, model: nn.Module, runner: Callable, device: torch.device, batch: int,
-               img_size: int, dtype: str, mode: str = 'eager', attn: str = 'fused', track_memory: bool = True) -> Case:
-    x, _ = _inputs(batch, img_size, device)
-    amp = _amp(device, dtype)
-    fused = attn == 'fused'
-
-    def prepare():
-        model.eval()
-        bm.set_fused_attn(model, fused)
+def train_step(fn, params, x):
+    y = torch.arange(x.shape[0]) % 1000
 
     def step():
-        with torch.inference_mode(), amp():
-            runner(x)
-
-    meta = dict(group=group, kind='model', model=name, task='infer', img_size=img_size, batch=batch, dtype=dtype,
-                mode=mode, attn=attn)
-    track = (lambda: _state_tensors(model, None, x)) if mode == 'eager' and track_memory else None
-    return Case(meta=meta, step=step, work=batch, device=device, prepare=prepare, track_memory=track)
+        F.cross_entropy(fn(x), y).backward()
+        for p in params:
+            p.grad = None
+    return step
 
 
-def train_case(group: str, name: str, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device,
-               batch: int, dtype: str, attn: str = 'fused', track_memory: bool = True, prime: bool = True) -> Case:
-    x, y = _inputs(batch, 224, device)
-    amp = _amp(device, dtype)
-    fused = attn == 'fused'
-
-    def prepare():
-        model.train()
-        bm.set_fused_attn(model, fused)
-
-    def train_on(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with amp():
-            loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def step():
-        train_on(x, y)
-
-    def prime_step():  # one step on a single image, so the optimizer state exists before the measured steps
-        if opt.state:
-            return
-        prepare()
-        train_on(x[:1], y[:1])
-
-    meta = dict(group=group, kind='model', model=name, task='train', img_size=224, batch=batch, dtype=dtype,
-                mode='eager', attn=attn)
-    return Case(meta=meta, step=step, work=batch, device=device, prepare=prepare, prime=prime_step if prime else None,
-                track_memory=(lambda: _state_tensors(model, opt, x, y)) if track_memory else None)
+def gemm_case(m, k, n):
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    return dict(step=lambda: torch.matmul(x, w.t()), flop=2.0 * m * k * n, model=f'{m}x{k}x{n}', impl='torch.matmul',
+                task='gemm')
 
 
-class Progress:
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.bar = None
-        self.total = total
-        self.done = 0
-        self.t0 = time.time()
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit='call', dynamic_ncols=True, file=sys.stderr)
-        except ImportError:
-            pass
+def onnx_step(model, x):
+    import io
+    import onnxruntime as ort
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(buf.getvalue(), opts, providers=['CPUExecutionProvider'])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)
 
-    def group(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(name)
+
+def plan(args, B):
+    """The groups, as (name, rounds, cases); a case is a dict: step (the timed call), flop per call, row labels."""
+    base, compiled = {n: create(n) for n in args.models}, {}
+    info = {(n, 224): (sum(p.numel() for p in m.parameters()) / 1e6, count_gmacs(m)) for n, m in base.items()}
+    xb, x1 = torch.randn(B, 3, 224, 224), torch.randn(1, 3, 224, 224)
+
+    def ours(n, x, mode='eager', amp=False):
+        fn = base[n] if mode == 'eager' else compiled.setdefault(n, torch.compile(base[n], dynamic=False))
+        return dict(step=infer(fn, x, amp), model=n, impl='ours', mode=mode, batch=len(x),
+                    dtype='bf16' if amp else 'fp32', mem=[*base[n].parameters(), x] if mode == 'eager' else None)
+
+    def theirs(n, x, mode='eager'):
+        fn = functools.partial(authors_forward, weights(n))
+        fn = fn if mode == 'eager' else compiled.setdefault(('authors', n), torch.compile(fn, dynamic=False))
+        return dict(step=infer(fn, x), model=n, impl='authors', mode=mode, batch=len(x), dtype='fp32')
+
+    def trainee(n, impl):
+        if impl == 'ours':
+            model = copy.deepcopy(base[n]).train().requires_grad_(True)
+            fn, params = model, list(model.parameters())
         else:
-            print(f'[{time.time() - self.t0:6.0f}s] {name}', file=sys.stderr, flush=True)
+            params = {k: v.clone().requires_grad_(True) for k, v in weights(n).items()}
+            fn, params = functools.partial(authors_forward, params), list(params.values())
+        return dict(step=train_step(fn, params, xb), model=n, impl=impl, task='train', batch=B, dtype='fp32',
+                    mem=params + [xb])
 
-    def __call__(self, case: Case) -> None:
-        self.done += 1
-        m = case.meta
-        label = m.get('model') or m.get('shape')
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{label} {m.get('task', 'gemm')} {m['dtype']} b{m.get('batch', '')} "
-                                     f"{m.get('mode', '')}", refresh=False)
-            self.bar.update(1)
-        elif self.done % 20 == 0:
-            print(f'  {self.done}/{self.total}', file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def gemm_shapes(plan: Plan) -> List[tuple]:
-    shapes = [(f'square {s}', s, s, s) for s in plan.gemm_square]
-    # the linears of HVT-S at the batch measured: first stage 196 tokens, after one pooling 97
-    return shapes + bm.linear_gemm_shapes(plan.batch, (196, 97) if plan.batch >= 8 else (196,), 384)
-
-
-PROFILE_MODELS = ('hvt_s_1', 'deit_small_patch16_224')
-# the baseline each target compares an HVT with; the GEMM shapes are the reference of hvt_s_1's GEMM fraction
-TARGET_PARTNER = {'deit_small_patch16_224': 'hvt_s_4', 'deit_tiny_patch16_224': 'hvt_ti_1'}
-GEMM_PARTNER = 'hvt_s_1'
-
-
-def in_target_order(cases: List[Case], models: Sequence[str]) -> List[Case]:
-    """Put the cases a target compares next to each other (an HVT's eager fp32 case, then its baseline, then its
-    unfused-attention and compiled cases, then the GEMM shapes for hvt_s_1), so that the two samples a per-round
-    ratio pairs are taken seconds apart rather than half a round apart. Otherwise the order is kept."""
-    def key(case: Case):
-        m = case.meta
-        if m['kind'] == 'gemm':
-            anchor, rank = GEMM_PARTNER, 4
-        else:
-            anchor = TARGET_PARTNER.get(m['model'], m['model'])
-            rank = (0 if m['dtype'] == 'fp32' and m.get('mode') == 'eager' and m.get('attn') == 'fused' else
-                    1 if m.get('attn') == 'unfused' else 2 if m.get('mode') == 'compile' else 3)
-        return models.index(anchor) if anchor in models else len(models), rank
-    return sorted(cases, key=key)
+    vs, cmp = [n for n in VS_AUTHORS if n in base], [] if args.no_compile else ['eager', 'compile']
+    g = [('vs_authors', args.rounds, [theirs(n, xb, m) if who else ours(n, xb, m) for n in vs
+                                      for m in (cmp or ['eager']) for who in (0, 1)]
+          + [ours('hvt_s_1', xb, m) for m in (cmp or ['eager']) if 'hvt_s_1' in base]
+          + [gemm_case(2048, 2048, 2048)] + [gemm_case(B * 97, k, n) for k, n in ((384, 1152), (384, 384),
+                                                                                  (384, 1536), (1536, 384))]),
+         ('train', max(1, args.rounds // 2), [trainee(n, i) for n in vs for i in ('ours', 'authors')]),
+         ('models', args.rounds_other, [ours(n, xb, amp=a) for a in (False, True)[:1 + BF16] for n in base])]
+    b1 = [c for n in vs for c in (ours(n, x1), theirs(n, x1))]
+    for n in vs:
+        b1 += [ours(n, x1, 'compile')] if cmp else []
+        b1 += [dict(step=onnx_step(base[n], x1), model=n, impl='onnxruntime', batch=1, dtype='fp32')]
+        b1 += [ours(n, x1, amp=True)] if BF16 else []
+    g.append(('batch1', args.rounds_other, b1 + [ours(n, x1) for n in base if n not in vs]))
+    sweep = []
+    for n in [n for n in SWEEP if n in base]:
+        model = timm.create_model(n, dynamic_img_size=True).eval().requires_grad_(False)
+        model.load_state_dict(base[n].state_dict())
+        for s in args.sizes:
+            info[(n, s)] = (info[(n, 224)][0], count_gmacs(model, (3, s, s)))
+            sweep.append(dict(step=infer(model, torch.randn(args.sweep_batch, 3, s, s)), model=n, impl='ours',
+                              batch=args.sweep_batch, img_size=s, dtype='fp32'))
+    g.append(('sweep', args.rounds_other, sweep))
+    for name, _, cases in g:
+        for c in cases:
+            c['group'] = name
+            c.setdefault('img_size', 224), c.setdefault('mode', 'eager'), c.setdefault('task', 'infer')
+            if 'flop' not in c:  # a training step: forward + backward, about 3 forwards' MACs
+                c['flop'] = 2e9 * c['batch'] * info[(c['model'], c['img_size'])][1] * (3 if c['task'] == 'train' else 1)
+    return g, base, info
 
 
-GROUPS = ('infer_fp32', 'infer_bf16', 'infer_b1', 'train', 'train_b1', 'sweep')
+def run(groups, quick, bar):
+    """Warm every case up (compiles, sets calls per sample >= 0.25 s, tracks peak memory), then time the rounds."""
+    for name, rounds, cases in groups:
+        bar.set_description(name)
+        for c in cases:
+            c.update(times=[], inner=1, error='')
+            try:
+                t0 = time.perf_counter()
+                c['step']()
+                c['first_s'] = time.perf_counter() - t0
+                if not quick:
+                    t0 = time.perf_counter()
+                    c['step']()
+                    c['inner'] = max(1, math.ceil(0.25 / (time.perf_counter() - t0)))
+                if c.get('mem'):
+                    with PeakMemory(c['mem']) as pm:
+                        c['step']()
+                    c['peak_mb'] = (pm.base + pm.peak) / 2 ** 20
+            except Exception as e:  # the row reports the error; the run goes on
+                c['error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+            bar.update(1)
+        for r in range(rounds):
+            live = [c for c in cases if not c['error']]
+            for c in live[r % max(1, len(live)):] + live[:r % max(1, len(live))]:
+                t0 = time.perf_counter()
+                for _ in range(c['inner']):
+                    c['step']()
+                c['times'].append((time.perf_counter() - t0) / c['inner'])
+                bar.update(1)
 
 
-def build_groups(plan: Plan, device: torch.device, bases: Dict[str, nn.Module], info: Dict[tuple, dict],
-                 only: Sequence[str] = GROUPS) -> List[Tuple[str, List[Case], int]]:
-    """The groups of interleaved cases, in the order they run: (name, cases, rounds). Adds the sweep models'
-    parameters and GMACs at each size to `info`."""
-    B = plan.batch
-    groups = []
-    compiled = {}
-
-    def compiled_runner(name):
-        if name not in compiled:
-            compiled[name] = torch.compile(bases[name], dynamic=False)
-        return compiled[name]
-
-    for dtype in ('fp32', 'bf16'):
-        if f'infer_{dtype}' not in only:
-            continue
-        g = f'infer_b{B}_{dtype}'
-        cases = [infer_case(g, n, bases[n], bases[n], device, B, 224, dtype) for n in plan.models]
-        if dtype == 'fp32':
-            cases += [infer_case(g, n, bases[n], bases[n], device, B, 224, dtype, attn='unfused')
-                      for n in plan.unfused_models if n in bases]
-        if dtype in plan.compile_dtypes:
-            names = plan.compile_models if dtype == 'fp32' else [
-                n for n in plan.compile_models_bf16 if n in plan.compile_models]
-            cases += [infer_case(g, n, bases[n], compiled_runner(n), device, B, 224, dtype, mode='compile')
-                      for n in names if n in bases]
-        cases += gemm_cases(gemm_shapes(plan), dtype, device, g)
-        groups.append((g, in_target_order(cases, plan.models), plan.rounds if dtype == 'fp32' else plan.rounds_other))
-
-    if 'infer_b1' in only:
-        g = 'infer_b1'
-        groups.append((g, [infer_case(g, n, bases[n], bases[n], device, 1, 224, dtype, track_memory=False)
-                           for dtype in ('fp32', 'bf16') for n in plan.models], plan.rounds_other))
-
-    trainees = {}
-
-    def trainee(name):
-        # a copy per model, shared by its training cases, with one AdamW (its state created once)
-        if name not in trainees:
-            model = copy.deepcopy(bases[name])
-            trainees[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-6))
-        return trainees[name]
-
-    for which, batch, rounds in (('train', B, plan.rounds_train), ('train_b1', 1, plan.rounds_other)):
-        if which not in only:
-            continue
-        g = f'train_b{batch}'
-        kw = dict(track_memory=batch == B, prime=plan.warmup > 0)
-        cases = [train_case(g, n, *trainee(n), device, batch, dtype, **kw) for dtype in ('fp32', 'bf16')
-                 for n in plan.models]
-        if batch == B:
-            cases += [train_case(g, n, *trainee(n), device, batch, 'fp32', attn='unfused', **kw)
-                      for n in plan.unfused_models if n in bases]
-        groups.append((g, in_target_order(cases, plan.models), rounds))
-
-    if 'sweep' in only:
-        g = f'sweep_b{plan.sweep_batch}'
-        cases = []
-        for n in plan.sweep_models:
-            model = bm.build(n, device, dynamic=True, fast_init=plan.fast_init)
-            for s in plan.sizes:
-                info.setdefault((n, s), {}).update(params_m=bm.params_m(model), gmacs=bm.gmacs(model, s))
-            cases += [infer_case(g, n, model, model, device, plan.sweep_batch, s, 'fp32', track_memory=False)
-                      for s in plan.sizes]
-        groups.append((g, cases, plan.rounds_other))
-    return groups
+def per_round(a, b):
+    """b's time over a's per round (a's speed-up over b): median ratio, lowest, highest."""
+    r = [tb / ta for ta, tb in zip(a['times'], b['times'])]
+    return pd.Series(b['times']).median() / pd.Series(a['times']).median(), min(r), max(r)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--quick', action='store_true',
-                   help='every model, file and row, at batch 2 / 1 and one round: checks the pipeline, not speed')
-    p.add_argument('--out', type=Path, default=None,
-                   help='results directory (default benchmarks/results, or benchmarks/results_quick with --quick)')
-    p.add_argument('--device', default=None, help='cuda / cpu / ... (default: cuda if present, else cpu)')
-    p.add_argument('--threads', type=int, default=None,
-                   help='torch threads (default: torch.get_num_threads(); 1 with --quick)')
-    p.add_argument('--models', default=None, help='comma-separated subset of the models')
-    p.add_argument('--batch', type=int, default=None, help='the large batch (default 32)')
-    p.add_argument('--rounds', type=int, default=None, help='interleaved rounds of the fp32 batch-32 inference group')
-    p.add_argument('--rounds-other', type=int, default=None, help='rounds of the other groups')
-    p.add_argument('--rounds-train', type=int, default=None, help='rounds of the batch-32 training group')
-    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile cases')
-    p.add_argument('--groups', default=None,
-                   help=f'comma-separated subset of the groups {", ".join(GROUPS)} (default: all); '
-                        'infer_fp32 / infer_bf16 / train are at the large batch')
+def targets(groups, B):
+    cases = [c for _, _, cs in groups for c in cs if c['times'] and c['group'] in ('vs_authors', 'train')]
+
+    def find(**kw):
+        return next((c for c in cases if all(c.get(k) == v for k, v in kw.items())), None)
+    rows = []
+    for n in VS_AUTHORS:
+        for task, mode, goal in (('infer', 'eager', 1.10), ('infer', 'compile', 1.10), ('train', 'eager', 1.0)):
+            a, b = find(model=n, impl='ours', task=task, mode=mode, batch=B), find(
+                model=n, impl='authors', task=task, mode=mode, batch=B)
+            rows.append((f'{n} ours / authors, {"training step" if task == "train" else "inference " + mode}',
+                         goal, *(per_round(a, b) if a and b else [float('nan')] * 3)))
+    gemms = [c for c in cases if c['task'] == 'gemm']
+    ref = max(gemms, key=lambda c: c['flop'] / pd.Series(c['times']).median()) if gemms else None
+    for mode, goal in (('eager', 0.8), ('compile', 0.9)):
+        m = find(model='hvt_s_1', impl='ours', mode=mode, batch=B)
+        rows.append((f'hvt_s_1 {mode}, fraction of the fp32 GEMM rate', goal, *(
+            [v * m['flop'] / ref['flop'] for v in per_round(m, ref)] if m and ref else [float('nan')] * 3)))
+    df = pd.DataFrame(rows, columns=[f'target (fp32, batch {B})', 'goal', 'measured', 'round min', 'round max'])
+    df['met'] = ['yes' if v >= g else 'no' if v == v else 'not measured' for v, g in zip(df.measured, df.goal)]
+    return df, ref
+
+
+def profile(names, B):
+    """torch.profiler self time and calls per op group, ours against the authors', one batch-B forward each."""
+    from torch.profiler import profile as prof
+    groups = {'aten::addmm': 'GEMM', 'aten::mm': 'GEMM', 'aten::_scaled_dot': 'attention', 'aten::bmm': 'attention',
+              'aten::_softmax': 'attention', 'aten::div': 'attention', 'aten::add': 'adds (bias, residual, position)',
+              'aten::copy_': 'copies', 'aten::clone': 'copies', 'aten::gelu': 'GELU', 'aten::native_layer': 'LayerNorm',
+              'aten::mkldnn_conv': 'patch conv', 'aten::max_pool': 'token pooling', 'aten::amax': 'token pooling'}
+    rows, x = [], torch.randn(B, 3, 224, 224)
+    for n in names:
+        for impl, fn in (('ours', create(n)), ('authors', functools.partial(authors_forward, weights(n)))):
+            infer(fn, x)()
+            with prof() as p:
+                infer(fn, x)()
+            for e in p.key_averages():
+                op = next((v for k, v in groups.items() if e.key.startswith(k)), 'other')
+                rows.append(dict(model=n, impl=impl, ops=op, ms=e.self_cpu_time_total / 1e3, calls=e.count))
+    df = pd.DataFrame(rows).groupby(['model', 'impl', 'ops'], sort=False).sum().reset_index()
+    df['share'] = df.ms / df.groupby(['model', 'impl']).ms.transform('sum')
+    return df
+
+
+def startup_ms():
+    """What the start-up hook (timm_hvt_autoload.pth) adds to every interpreter, as python -X importtime sees it."""
+    err = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'pass'], capture_output=True, text=True).stderr
+    us = [int(ln.split('|')[1]) for ln in err.splitlines() if ln.rstrip().endswith('_timm_hvt_autoload')]
+    return us[0] / 1e3 if us else float('nan')
+
+
+def md(df):
+    def fmt(v):
+        if isinstance(v, float) and v != v:
+            return '–'
+        return f'{v:.3g}' if isinstance(v, float) and abs(v) < 100 else f'{v:.0f}' if isinstance(v, float) else str(v)
+    cols = [' '.join(map(str, c)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    return '\n'.join(['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(df.columns)]
+                     + ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False)]) + '\n'
+
+
+def plots(out, res, gemm_rate):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 6))
+    d = res[(res.group == 'models') & (res.dtype == 'fp32')]
+    for fam, col in (('hvt', 'tab:red'), ('deit', 'tab:blue'), ('pit', 'tab:green')):
+        s = d[d.model.str.startswith(fam)]
+        ax.scatter(s.gmacs, s.img_per_s, c=col, label=fam.upper())
+        for r in s.itertuples():
+            ax.annotate(r.model.replace('_patch16_224', '').replace('_224', '') + (
+                f' {r.paper_top1:.1f}%' if r.paper_top1 == r.paper_top1 else ''), (r.gmacs, r.img_per_s), fontsize=7)
+    g = pd.Series(sorted(d.gmacs))
+    ax.plot(g, gemm_rate / (2e9 * g), 'k--', lw=1, label=f'GEMM-rate ceiling ({gemm_rate / 1e9:.0f} GFLOP/s)')
+    ax.set(xscale='log', yscale='log', xlabel='GMACs per image (224x224)', ylabel='images/s (fp32, batch 32, eager)',
+           title='Inference speed against cost (labels: paper top-1)')
+    ax.grid(True, which='both', alpha=.3), ax.legend(fontsize=8), fig.tight_layout()
+    fig.savefig(out / 'throughput_vs_gmacs.png', dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    s = res[res.group == 'sweep']
+    for col, ax, label in (('img_per_s', axes[0], 'images/s (fp32, eager)'), ('gmacs', axes[1], 'GMACs per image')):
+        s.pivot_table(index='img_size', columns='model', values=col).plot(ax=ax, style='-o', logy=col == 'img_per_s')
+        ax.set(xlabel='image size (dynamic_img_size)', ylabel=label), ax.grid(True, alpha=.3)
+    fig.tight_layout()
+    fig.savefig(out / 'throughput_vs_resolution.png', dpi=100)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--quick', action='store_true', help='batch 2, one round, no compile: checks the pipeline')
+    p.add_argument('--out', type=Path, help='results folder (default benchmarks/results[_quick])')
+    p.add_argument('--threads', type=int, help='torch threads (default: torch default; --quick: 1)')
+    p.add_argument('--models', default=','.join(MODELS), help='comma-separated subset')
+    p.add_argument('--rounds', type=int, default=11, help='rounds of the ours-against-authors group')
+    p.add_argument('--rounds-other', type=int, default=3, help='rounds of the other groups')
+    p.add_argument('--no-compile', action='store_true')
     p.add_argument('--no-progress', action='store_true')
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    elif args.quick:
-        # one thread: on a machine shared with other jobs, OpenMP barriers across preempted threads can stall the
-        # many tiny steps of --quick for seconds; the timings of --quick are not the point
-        torch.set_num_threads(1)
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    plan = Plan.quick() if args.quick else Plan()
-    if args.models:
-        wanted = [m.strip() for m in args.models.split(',') if m.strip()]
-        unknown = [m for m in wanted if m not in bm.ALL_MODELS]
-        if unknown:
-            raise SystemExit(f'unknown models {unknown}; choose from {bm.ALL_MODELS}')
-        plan = replace(plan, models=wanted, sweep_models=[m for m in plan.sweep_models if m in wanted],
-                       unfused_models=[m for m in plan.unfused_models if m in wanted],
-                       compile_models=[m for m in plan.compile_models if m in wanted])
-    if args.batch:
-        plan = replace(plan, batch=args.batch)
-    if args.rounds:
-        plan = replace(plan, rounds=args.rounds)
-    if args.rounds_other:
-        plan = replace(plan, rounds_other=args.rounds_other)
-    if args.rounds_train:
-        plan = replace(plan, rounds_train=args.rounds_train)
-    if args.no_compile:
-        plan = replace(plan, compile_models=[])
-    out = args.out or (HERE / ('results_quick' if args.quick else 'results'))
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(',') if m]
+    args.sizes, args.sweep_batch, B = (224, 288, 384, 448), 8, 32
+    if args.quick:
+        args.rounds = args.rounds_other = 1
+        args.no_compile, args.sizes, args.sweep_batch, B = True, (224, 288), 1, 2
+    torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
+    out = args.out or ROOT / 'benchmarks' / ('results_quick' if args.quick else 'results')
     out.mkdir(parents=True, exist_ok=True)
-
-    t_start = time.time()
-    env = benv.environment(device)
-    env['command'] = 'python benchmarks/bench_hvt.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    t_start, torch_threads = time.time(), torch.get_num_threads()
     torch.manual_seed(0)
-
-    info = {}
-    bases = {}
-    for name in plan.models:
-        model = bm.build(name, device, fast_init=plan.fast_init)
-        info[(name, 224)] = dict(params_m=bm.params_m(model), gmacs=bm.gmacs(model, 224))
-        if name == GEMM_PARTNER:  # its linears' standalone GEMM rates bound its GEMM fraction
-            info[(name, 224)]['linear_shapes'] = bm.linear_shapes(model, 224, plan.batch)
-        bases[name] = model
-    only = GROUPS
-    if args.groups:
-        only = [g.strip() for g in args.groups.split(',') if g.strip()]
-        unknown = [g for g in only if g not in GROUPS]
-        if unknown:
-            raise SystemExit(f'unknown groups {unknown}; choose from {list(GROUPS)}')
-    groups = build_groups(plan, device, bases, info, only)
-
-    total = sum(len(cases) * ((1 if plan.warmup else 0) + rounds) for _, cases, rounds in groups)
-    progress = Progress(total, enabled=not args.no_progress)
-    done = []
-    env['group_load'] = {}
-    for name, cases, rounds in groups:
-        progress.group(name)
-        t_group, load_start = time.time(), benv.load_average().split()[0]
-        run_group(cases, rounds=rounds, warmup=plan.warmup, min_sample_s=plan.min_sample_s, progress=progress)
-        env['group_load'][name] = (f'{time.time() - t_group:.0f} s, 1-min load average {load_start} at start, '
-                                   f'{benv.load_average().split()[0]} at end')
-        gc.collect()
-        done += cases
-        if not args.quick:  # a checkpoint: a long run that dies late still leaves what it measured
-            env['duration_s'] = f'{time.time() - t_start:.0f} (partial: up to {name})'
-            env['hardware'] = benv.hardware_line(env)
-            report.write_all(out, done, info, env, plan_summary(plan), with_plots=False)
-    progress.close()
-
-    # where the time goes, for the GEMM-rate target's model and the DeiT it is weighed against
-    prof_rows = []
-    if 'infer_fp32' in only and device.type == 'cpu':  # the breakdown reads CPU self time
-        for n in [m for m in PROFILE_MODELS if m in bases]:
-            bm.set_fused_attn(bases[n], True)
-            x, _ = _inputs(plan.batch, 224, device)
-            prof_rows += [dict(model=n, batch=plan.batch, dtype='fp32', **r)
-                          for r in breakdown.time_breakdown(bases[n], x)]
-
-    env['load_avg_end'] = benv.load_average()
-    env['duration_s'] = f'{time.time() - t_start:.0f}'
-    env['hardware'] = benv.hardware_line(env)
-    all_cases = [c for _, cases, _ in groups for c in cases]
-    files = report.write_all(out, all_cases, info, env, plan_summary(plan), prof_rows)
-    print(f"done in {env['duration_s']} s; wrote {', '.join(sorted(p.name for p in files))} to {out}")
-    return 0
-
-
-def plan_summary(plan: Plan) -> Dict[str, object]:
-    return dict(batch=plan.batch, rounds=plan.rounds, rounds_other=plan.rounds_other, rounds_train=plan.rounds_train,
-                warmup=plan.warmup, min_sample_s=plan.min_sample_s, sizes=list(plan.sizes),
-                sweep_batch=plan.sweep_batch, unfused_models=plan.unfused_models,
-                compile_models=plan.compile_models, compile_models_bf16=plan.compile_models_bf16,
-                quick_init=plan.fast_init)
+    groups, base, info = plan(args, B)
+    from tqdm import tqdm
+    bar = tqdm(total=sum(len(cs) * (r + 1) for _, r, cs in groups), unit='call', disable=args.no_progress)
+    run(groups, args.quick, bar)
+    bar.close()
+    tg, ref = targets(groups, B)
+    tg = tg.round(3)
+    gemm_rate = ref['flop'] / pd.Series(ref['times']).median() if ref else float('nan')
+    res = pd.DataFrame([
+        dict(group=g, model=c['model'], impl=c['impl'], task=c['task'], mode=c['mode'], dtype=c.get('dtype', 'fp32'),
+             batch=c.get('batch'), img_size=c['img_size'], params_m=info.get((c['model'], c['img_size']), [None])[0],
+             gmacs=info.get((c['model'], c['img_size']), [None, None])[1],
+             paper_gmacs=PAPER.get(c['model'], (None,))[0] if c['img_size'] == 224 else None,
+             paper_top1=PAPER.get(c['model'], (None, None))[1] if c['img_size'] == 224 else None,
+             img_per_s=c.get('batch', 1) / pd.Series(c['times']).median() if c['times'] else None,
+             img_per_s_min=c.get('batch', 1) / max(c['times']) if c['times'] else None,
+             img_per_s_max=c.get('batch', 1) / min(c['times']) if c['times'] else None,
+             ms=pd.Series(c['times']).median() * 1e3 if c['times'] else None, rounds=len(c['times']),
+             peak_mb=c.get('peak_mb'), gflops=c['flop'] / pd.Series(c['times']).median() / 1e9 if c['times'] else None,
+             gemm_frac=c['flop'] / pd.Series(c['times']).median() / gemm_rate
+             if c['times'] else None, first_call_s=c.get('first_s'), error=c['error'])
+        for g, _, cs in groups for c in cs])
+    prof = profile([n for n in ('hvt_s_1', 'hvt_ti_1') if n in base], B)
+    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+               command='python benchmarks/bench_hvt.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+               cpu=next((ln.split(':', 1)[1].strip() for ln in open('/proc/cpuinfo') if ln.startswith('model name')),
+                        platform.machine()) if os.path.exists('/proc/cpuinfo') else platform.machine(),
+               logical_cpus=os.cpu_count(), torch_threads=torch_threads, torch=torch.__version__, timm=timm.__version__,
+               timm_hvt=timm_hvt.__version__, python=platform.python_version(), bf16_native=BF16,
+               gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU only)',
+               load_avg=' '.join(f'{v:.1f}' for v in os.getloadavg()), startup_hook_ms=startup_ms(),
+               duration_s=round(time.time() - t_start))
+    res.to_csv(out / 'results.csv', index=False)
+    tg.to_csv(out / 'targets.csv', index=False)
+    prof.to_csv(out / 'profile.csv', index=False)
+    (out / 'env.json').write_text(json.dumps(env, indent=1) + '\n')
+    plots(out, res, gemm_rate)
+    ok = res[res.error == '']
+    main_t = ok[ok.group == 'models'].pivot_table(index='model', columns='dtype', values=['img_per_s', 'gemm_frac'])
+    main_t.columns = [f'{dict(img_per_s="images/s", gemm_frac="GEMM frac")[a]} {d} b{B}' for a, d in main_t.columns]
+    main_t = ok[(ok.group == 'models') & (ok.dtype == 'fp32')].set_index('model')[
+        ['params_m', 'gmacs', 'paper_gmacs', 'paper_top1', 'peak_mb']].join(main_t).join(
+        ok[ok.group == 'batch1'].query('impl == "ours" & mode == "eager" & dtype == "fp32"').set_index('model')
+        .ms.rename('ms per image, b1')).reindex([m for m in MODELS if m in base]).reset_index().rename(columns=dict(
+            params_m='params (M)', gmacs='GMACs', paper_gmacs='paper GMACs', paper_top1='paper top-1',
+            peak_mb=f'peak MB fp32 b{B}'))
+    pivot = dict(index=['model', 'mode', 'dtype'], values='ms', aggfunc='first')
+    text = [f"# HVT benchmarks\n\n{env['date']}, `{env['command']}` ({env['duration_s']} s) on {env['cpu']}, "
+            f"{env['logical_cpus']} logical CPUs, {torch_threads} torch threads, GPU: {env['gpu']}, bf16 native: "
+            f"{BF16}; torch {env['torch']}, timm {env['timm']}, timm-hvt {env['timm_hvt']}, Python {env['python']}; "
+            f"load average at the end {env['load_avg']}; start-up hook {env['startup_hook_ms']:.1f} ms per "
+            f"interpreter.\n", '## Targets\n', md(tg), f'\nfp32 GEMM rate: {gemm_rate / 1e9:.1f} GFLOP/s '
+            f"(torch.matmul, best median of {ref['model'] if ref else '-'} and the other GEMM shapes).\n",
+            f'## Models, 224x224, batch {B} inference (images/s, medians of {args.rounds_other} rounds)\n', md(main_t),
+            '\n![images/s against GMACs](throughput_vs_gmacs.png)\n',
+            '## Ours against the authors\' implementation (ms per call)\n',
+            md(ok[ok.group.isin(['vs_authors', 'train'])].query('task != "gemm"')
+               .pivot_table(columns='impl', **dict(pivot, index=['model', 'task', 'mode'])).reset_index()),
+            '\n## GEMM rate (torch.matmul, x @ w.t(); hvt_s_1\'s linears at 97 tokens, and a 2048 square)\n',
+            md(ok[ok.task == 'gemm'][['model', 'gflops', 'gemm_frac']].rename(columns={'model': 'M x K x N'})),
+            '\n## Batch 1 latency (ms per image)\n', md(ok[ok.group == 'batch1'].pivot_table(
+                columns='impl', **pivot).reset_index()),
+            f'\n## Cost against resolution (fp32, batch {args.sweep_batch}, dynamic_img_size)\n',
+            md(ok[ok.group == 'sweep'].pivot_table(index='model', columns='img_size', values='img_per_s')
+               .reset_index()), '\n![cost against resolution](throughput_vs_resolution.png)\n',
+            f'## Where the time goes (torch.profiler self time, ms, one forward at batch {B})\n',
+            md(prof.assign(cell=[f'{m:.0f} ({s:.0%}), {c}' for m, s, c in zip(prof.ms, prof.share, prof.calls)])
+               .pivot_table(index='ops', columns=['model', 'impl'], values='cell', aggfunc='first').reset_index()),
+            '\nCells: ms (share of the forward), op calls.\n']
+    if (res.error != '').any():
+        text += ['## Errors\n', md(res[res.error != ''][['group', 'model', 'impl', 'mode', 'error']])]
+    (out / 'results.md').write_text('\n'.join(text))
+    print(md(tg) + f'done in {env["duration_s"]} s, results in {out}')
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()
