@@ -11,6 +11,7 @@ from _weights_helpers import caches, hub_id, save_authors_checkpoint
 from timm_hvt.convert import convert_checkpoint
 
 ATOL = 1e-5
+pytestmark = pytest.mark.smoke  # also run at the lowest supported timm
 
 
 @pytest.mark.parametrize('arch', ['hvt_ti_1', 'hvt_s_1', 'hvt_s_4'])
