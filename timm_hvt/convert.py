@@ -45,14 +45,6 @@ class ConvertResult(NamedTuple):
     max_abs_diff: float
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _model_args_for(state_dict: Dict[str, torch.Tensor], model_name: str) -> Dict[str, Any]:
     """The create_model kwargs that give `model_name` the checkpoint's head, input channels, patch and image size,
     where they differ from the variant's defaults."""
@@ -78,6 +70,11 @@ def _model_args_for(state_dict: Dict[str, torch.Tensor], model_name: str) -> Dic
         img_size=tuple(default.patch_embed.img_size),
     )
     return {k: v for k, v in found.items() if v != defaults[k]}
+
+
+def _sha256(path: str) -> str:
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def model_card(model: HierarchicalVisionTransformer, model_name: str, repo_id: str, source: str) -> str:
@@ -220,19 +217,13 @@ def convert_checkpoint(
 
 def check_hub_folder(folder: str) -> List[Tuple[str, int]]:
     """The files (name, bytes) of a hub folder, after checking it is one `timm-hvt convert` writes."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'No folder {folder}')
     missing = [name for name in HUB_FOLDER_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise FileNotFoundError(f'{folder} lacks {", ".join(missing)}; write it with `timm-hvt convert`')
-    config_path = os.path.join(folder, 'config.json')
-    try:
-        with open(config_path, encoding='utf-8') as f:
-            arch = json.load(f).get('architecture')
-    except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f'{config_path} is not a timm config ({e})') from e
+    with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
+        arch = json.load(f).get('architecture')
     if not (isinstance(arch, str) and arch.startswith('hvt_') and timm.is_model(arch)):
-        raise ValueError(f'{config_path} names architecture {arch!r}, not a registered HVT model')
+        raise ValueError(f'{folder}/config.json names architecture {arch!r}, not a registered HVT model')
     load_state_dict(os.path.join(folder, 'model.safetensors'))  # raises on a truncated or corrupt file
     return [(name, os.path.getsize(os.path.join(folder, name))) for name in HUB_FOLDER_FILES]
 

@@ -219,8 +219,10 @@ class HierarchicalVisionTransformer(nn.Module):
             num_heads: Number of attention heads.
             mlp_ratio: Ratio of mlp hidden dim to embedding dim.
             qkv_bias: Enable bias for qkv projections.
-            pool_block_width: Pool after every block i with i % pool_block_width == 0 (the authors' setting).
-            num_pool_stages: Number of pooling stages M (the paper's suffix); 0 turns pooling off.
+            pool_block_width: Pool after every block i with i % pool_block_width == 0: the authors' own setting
+                (their configs and checkpoint args), and the only way to state a schedule that M does not fix.
+            num_pool_stages: The number of pooling stages M, the paper's (and the model names') way to state the
+                same schedule, width ceil(depth / M); 0 turns pooling off. Give one of the two; neither means M=1.
             pool_kernel_size: Kernel of the 1D token pooling.
             pool_stride: Stride of the 1D token pooling.
             pool_type: 'max' (the paper) or 'avg' (its ablation).
