@@ -1,39 +1,33 @@
-"""Export: torch.export and ONNX (run with onnxruntime) give the eager outputs within 1e-4, with a dynamic batch.
+"""Export: torch.export and ONNX (run with onnxruntime) give the eager outputs, with a dynamic batch.
 
 Each model is captured once with torch.export (batch dimension symbolic); the ONNX model is translated from that
 same ExportedProgram by torch.onnx.export (the dynamo exporter), checked with onnx.checker and run in onnxruntime.
-Needs the `test` extra: onnx, onnxscript, onnxruntime.
+Outputs must match eager within RTOL of the largest logit: the other runtime's kernels round differently, so the
+bound is relative to the size of the values.
+Needs the `test` extra (onnx, onnxscript, onnxruntime); without it these tests fail, they do not skip.
 """
 import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) needs it; imported here to fail early)
 import pytest
 import torch
 
 import timm
 
-onnx = pytest.importorskip('onnx', reason='install the test extra: pip install timm-hvt[test]')
-ort = pytest.importorskip('onnxruntime', reason='install the test extra: pip install timm-hvt[test]')
-pytest.importorskip('onnxscript', reason='install the test extra: pip install timm-hvt[test]')
-
-ATOL = 1e-4
+RTOL = 1e-4
 CASES = {
-    # the paper's HVT-Ti-1 at 224: one pooling stage, 196 -> 97 tokens
-    'hvt_ti_1': ('hvt_ti_1', {}),
-    # four pooling stages (196 -> 97 -> 48 -> 23 -> 11), the widest variant
-    'hvt_s_4': ('hvt_s_4', {}),
+    # a whole variant at 224 with four pooling stages, 196 -> 97 -> 48 -> 23 -> 11 tokens (hvt_s_4's pooling at a
+    # quarter of its width; the exporters' cost grows with the number of nodes, so one full-depth case only)
+    'hvt_ti_4': ('hvt_ti_4', {}),
     # class token kept out of the pooling and read by the head, position embeddings resampled on the fly
-    'hvt_ti_2_cls_dynamic': ('hvt_ti_2', dict(img_size=96, class_token=True, global_pool='token',
+    # (4 blocks, pooled after blocks 0 and 2)
+    'hvt_ti_2_cls_dynamic': ('hvt_ti_2', dict(img_size=96, depth=4, class_token=True, global_pool='token',
                                               dynamic_img_size=True)),
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """OpenMP (and onnxruntime) threads that wait on a busy core slow everything
-    down many times over on a shared 2-core machine; run these tests on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 @pytest.fixture(scope='module', params=list(CASES))
@@ -41,8 +35,6 @@ def exported(request):
     name, kwargs = CASES[request.param]
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
-    with torch.no_grad():  # logits of a random head are small; make them O(1) so 1e-4 is a strict bound
-        model.head.weight.mul_(20.)
     size = model.pretrained_cfg['input_size'][-1] if 'img_size' not in kwargs else kwargs['img_size']
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim('batch', min=1, max=64)
@@ -64,10 +56,9 @@ def test_torch_export_matches_eager_dynamic_batch(exported):
         with torch.no_grad():
             ref, out = model(x), module(x)
         assert out.shape == ref.shape == (x.shape[0], model.num_classes)
-        diff = (out - ref).abs().max().item()
-        print(f'torch.export {name} batch {x.shape[0]}: max abs diff {diff:.2e} (|logits| max '
-              f'{ref.abs().max().item():.2f})')
-        assert diff <= ATOL
+        diff, scale = (out - ref).abs().max().item(), ref.abs().max().item()
+        print(f'torch.export {name} batch {x.shape[0]}: max abs diff {diff:.2e} (|logits| max {scale:.2f})')
+        assert diff <= RTOL * scale
 
 
 def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
@@ -88,6 +79,6 @@ def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
             ref = model(x).numpy()
         out = sess.run([outp.name], {inp.name: x.numpy()})[0]
         assert out.shape == ref.shape
-        diff = float(np.abs(out - ref).max())
-        print(f'onnxruntime {name} batch {x.shape[0]}: max abs diff {diff:.2e}')
-        assert diff <= ATOL
+        diff, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
+        print(f'onnxruntime {name} batch {x.shape[0]}: max abs diff {diff:.2e} (|logits| max {scale:.2f})')
+        assert diff <= RTOL * scale

@@ -4,6 +4,9 @@ Covers: ImageFolder via create_dataset / create_loader with timm's train transfo
 and plain loader + Mixup), create_optimizer_v2 (AdamW, layer decay from group_matcher, no weight decay on position
 embeddings / class token), create_scheduler_v2, ModelEmaV3, ClassificationTask, bf16 autocast, grad checkpointing,
 torch.compile and CheckpointSaver + resume that continues exactly where the interrupted run stopped.
+
+Values that other kernels may round differently (compiled against eager, checkpointed against plain) are compared
+relative to their own size; exact equality only where one process must reproduce itself (resume).
 """
 import copy
 import os
@@ -20,7 +23,7 @@ from timm.task import ClassificationTask
 from timm import utils
 from timm.utils import ModelEmaV3
 
-from _train_helpers import TrainConfig, Trainer, export_digits, unwrapped_state
+from _train_helpers import TrainConfig, Trainer, export_digits, relative_error, unwrapped_state
 
 # a small HVT: 32x32 input, 4x4 patches -> 64 tokens, pooled after blocks 0 and 2 -> 31 -> 15 tokens
 SMALL_ARCH = dict(patch_size=4, embed_dim=64, num_heads=2, depth=4)
@@ -28,20 +31,13 @@ SMALL = dict(img_size=32, **SMALL_ARCH)
 SMALL_MODEL = 'hvt_ti_2'
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain little from a second intra-op thread, and OpenMP threads that wait on a busy core slow
-    everything down many times over on a shared 2-core machine; run these tests on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 @pytest.fixture(scope='module')
 def digits_small(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('digits_small'))
-    export_digits(root, img_size=32, limit=320)
+    export_digits(root, img_size=32, limit=192)
     return root
 
 
@@ -173,10 +169,10 @@ def test_grad_checkpointing_same_loss_and_gradients():
     (loss_ref, grads_ref, _), (loss_ckpt, grads_ckpt, ckpt_calls) = results
     # every block ran twice: forward, then the recompute in backward -> checkpointing is really on
     assert ckpt_calls == 2 * len(ckpt.blocks)
-    torch.testing.assert_close(loss_ckpt, loss_ref, rtol=0, atol=1e-6)
+    assert relative_error(loss_ckpt, loss_ref) <= 1e-6
     assert grads_ref.keys() == grads_ckpt.keys()
     for name in grads_ref:
-        torch.testing.assert_close(grads_ckpt[name], grads_ref[name], rtol=1e-5, atol=1e-7, msg=name)
+        assert relative_error(grads_ckpt[name], grads_ref[name]) <= 1e-5, name
 
     # forward_intermediates honours the flag too (same features, recompute in backward)
     for model in (ref, ckpt):
@@ -188,39 +184,43 @@ def test_grad_checkpointing_same_loss_and_gradients():
         final, inter = model.forward_intermediates(x, indices=[1, 3])
         (final.sum() + sum(t.sum() for t in inter)).backward()
         feats.append((final.detach(), model.patch_embed.proj.weight.grad.clone()))
-    torch.testing.assert_close(feats[1][0], feats[0][0], rtol=0, atol=1e-6)
-    torch.testing.assert_close(feats[1][1], feats[0][1], rtol=1e-5, atol=1e-6)
+    assert relative_error(feats[1][0], feats[0][0]) <= 1e-6
+    assert relative_error(feats[1][1], feats[0][1]) <= 1e-5
 
 
-@pytest.mark.timeout(900)  # a cold inductor cache compiles C++ kernels: about a minute on 2 cores
-def test_torch_compile_training_matches_eager():
-    """ClassificationTask.compile (what train.py --torchcompile calls): inductor, one graph without breaks, and the
-    compiled training steps give the eager losses and parameters."""
+@pytest.mark.timeout(600)  # a cold inductor cache compiles C++ kernels for the forward and the backward graph
+def test_torch_compile_training_step_matches_eager():
+    """ClassificationTask.compile (what train.py --torchcompile calls): inductor with fullgraph=True, so any graph
+    break fails, and one training step gives the eager logits, loss and gradients.
+
+    This is the suite's only torch.compile (one cold compile is about a minute on 2 cores). It compares one step,
+    each value relative to its own size, and not the parameters after optimizer steps: AdamW divides by the running
+    gradient scale, so last-bit differences between compiled and eager kernels would grow into whole steps."""
     torch.manual_seed(0)
-    model = _small_model()
+    model = _small_model()  # drop_path 0: the training forward is deterministic
     eager = copy.deepcopy(model)
     task = ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
     task.compile(backend='inductor', fullgraph=True)
     assert task.get_trainable_module() is not model  # the task now runs the compiled module
     eager_task = ClassificationTask(eager, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
-    opts = [create_optimizer_v2(t.get_trainable_module(), opt='adamw', lr=1e-3, weight_decay=0.05)
-            for t in (task, eager_task)]
 
     g = torch.Generator().manual_seed(1)
-    for step in range(3):
-        x = torch.randn(16, 3, 32, 32, generator=g)
-        y = torch.randint(0, 10, (16,), generator=g)
-        losses = []
-        for t, opt in zip((task, eager_task), opts):
-            t.get_trainable_module().train()
-            loss = t(x, y)['loss']
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        assert losses[0] == pytest.approx(losses[1], abs=1e-5), f'step {step}: compiled {losses}'
-    for (name, p), p_eager in zip(model.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p, p_eager, rtol=1e-4, atol=1e-5, msg=name)
+    x = torch.randn(16, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+
+    def training_forward_backward(t):
+        t.get_trainable_module().train()
+        out = t(x, y)
+        out['loss'].backward()
+        return out
+
+    compiled_out, eager_out = training_forward_backward(task), training_forward_backward(eager_task)
+    assert relative_error(compiled_out['output'], eager_out['output']) <= 1e-5
+    assert relative_error(compiled_out['loss'], eager_out['loss']) <= 1e-5
+    eager_params = dict(eager.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f'{name}: no gradient through the compiled graph'
+        assert relative_error(p.grad, eager_params[name].grad) <= 1e-4, name
 
 
 def _resume_cfg():
@@ -239,7 +239,7 @@ def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
     full = Trainer(_resume_cfg(), digits_small)
     losses_full = full.fit()
     steps = full.updates_per_epoch
-    assert steps == 10 and len(losses_full) == 3 * steps
+    assert steps == 6 and len(losses_full) == 3 * steps
 
     out_dir = str(tmp_path / 'run')
     os.makedirs(out_dir)
