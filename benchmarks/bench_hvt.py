@@ -307,6 +307,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads or (1 if args.quick else torch.get_num_threads()))
     out = args.out or ROOT / 'benchmarks' / ('results_quick' if args.quick else 'results')
     out.mkdir(parents=True, exist_ok=True)
+    if args.quick and not args.out:  # a scratch folder: keep it out of git
+        (out / '.gitignore').write_text('*\n')
     t_start, torch_threads = time.time(), torch.get_num_threads()
     torch.manual_seed(0)
     groups, base, info = plan(args, B)
