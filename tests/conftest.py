@@ -1,4 +1,4 @@
-"""Fixtures shared by the test files that train or export (test_training, test_export, test_digits)."""
+"""Fixtures shared by the test files that build, train or export models."""
 import pytest
 import torch
 

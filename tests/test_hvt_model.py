@@ -19,6 +19,8 @@ from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
 VARIANTS = [f'hvt_{size}_{m}' for size in ('ti', 's') for m in range(5)]
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
+
 
 def _small(**kwargs) -> HierarchicalVisionTransformer:
     args = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_pool_stages=2, num_classes=7)

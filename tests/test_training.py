@@ -193,11 +193,15 @@ def test_torch_compile_training_step_matches_eager():
     """ClassificationTask.compile (what train.py --torchcompile calls): inductor with fullgraph=True, so any graph
     break fails, and one training step gives the eager logits, loss and gradients.
 
-    This is the suite's only torch.compile (one cold compile is about a minute on 2 cores). It compares one step,
+    This is the suite's only torch.compile (a cold inductor cache takes tens of seconds on 2 cores). It compares one step,
     each value relative to its own size, and not the parameters after optimizer steps: AdamW divides by the running
     gradient scale, so last-bit differences between compiled and eager kernels would grow into whole steps."""
     torch.manual_seed(0)
-    model = _small_model()  # drop_path 0: the training forward is deterministic
+    # two blocks, each followed by a pooling (64 -> 31 -> 15 tokens): the pooling block and its position embedding,
+    # timm's Block inside it, the mean-pooled head; fewer blocks make a smaller graph to compile.
+    # drop_path 0: the training forward is deterministic
+    model = _small_model(depth=2, num_pool_stages=2)
+    assert model.pool_blocks == (0, 1)
     eager = copy.deepcopy(model)
     task = ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
     task.compile(backend='inductor', fullgraph=True)
