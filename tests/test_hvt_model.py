@@ -14,7 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import create_optimizer_v2
 
 from timm_hvt.flops import count_gmacs, count_params
-from timm_hvt.hvt import HierarchicalVisionTransformer, pool_block_indices
+from timm_hvt.hvt import HierarchicalVisionTransformer, pool_block_indices, pool_tokens
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
 VARIANTS = [f'hvt_{size}_{m}' for size in ('ti', 's') for m in range(5)]
@@ -41,6 +41,7 @@ def test_registry_lists_every_variant():
     assert timm.list_models('hvt*') == sorted(VARIANTS)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize('name', VARIANTS)
 def test_variant_architecture_follows_the_spec(name):
     with torch.device('meta'):
@@ -58,6 +59,7 @@ def test_variant_architecture_follows_the_spec(name):
     assert model.cls_token is None
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize('name', VARIANTS)
 def test_every_variant_trains_a_step(name):
     """Forward, loss and backward of each variant (at 96x96 to stay cheap: 36 tokens -> 17 -> 8 -> 3 -> 1): finite
@@ -170,6 +172,23 @@ def test_token_pooling_over_kernel3_stride2_along_tokens(pool_type):
     reduce = {'max': lambda w: w.amax(dim=1), 'avg': lambda w: w.mean(dim=1)}[pool_type]
     windows = torch.stack([reduce(mixed[:, 2 * j:2 * j + 3]) for j in range(31)], dim=1)
     torch.testing.assert_close(pooled, windows)
+
+
+@pytest.mark.parametrize('pool_type', ['max', 'avg'])
+def test_pooling_is_the_same_with_and_without_autograd(pool_type):
+    # inference pools strided token slices in place; training uses torch's pooling (whose backward is one scatter)
+    tokens = torch.randn(2, 50, 16, requires_grad=True)
+    trained = pool_tokens(tokens, 3, 2, pool_type)
+    with torch.no_grad():
+        inferred = pool_tokens(tokens, 3, 2, pool_type)
+    assert trained.shape == inferred.shape == (2, 24, 16) and inferred.is_contiguous() and trained.is_contiguous()
+    assert torch.equal(trained.detach(), inferred)
+    reduce = {'max': lambda w: w.amax(dim=1), 'avg': lambda w: w.mean(dim=1)}[pool_type]
+    windows = torch.stack([reduce(tokens[:, 2 * j:2 * j + 3]) for j in range(24)], dim=1)
+    weights = torch.randn(2, 24, 16)
+    grad, = torch.autograd.grad((trained * weights).sum(), tokens)
+    expected, = torch.autograd.grad((windows * weights).sum(), tokens)
+    torch.testing.assert_close(grad, expected)
 
 
 def test_class_token_is_kept_out_of_the_pooling():
@@ -291,6 +310,7 @@ def test_forward_intermediates_tokens_per_block():
     assert unpooled.forward_intermediates(x, output_fmt='NCHW')[1][0].shape == (2, 64, 8, 8)
 
 
+@pytest.mark.smoke
 def test_prune_intermediate_layers_and_features_only():
     model = _small(depth=4, num_pool_stages=2).eval()
     x = torch.randn(2, 3, 64, 64)

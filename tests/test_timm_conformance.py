@@ -73,6 +73,7 @@ def timm_suite(tmp_path_factory) -> Path:
     return suite_dir
 
 
+@pytest.mark.smoke
 @pytest.mark.timeout(450)
 def test_timm_model_suite_passes_for_representative_hvt_models(timm_suite):
     report = timm_suite / 'report.xml'
