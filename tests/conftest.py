@@ -1,6 +1,11 @@
 """Fixtures shared by the test files that build, train or export models."""
+import os
+
 import pytest
 import torch
+
+if os.environ.get('PYTEST_XDIST_WORKER'):  # .ci/run runs two workers on two cores: one intra-op thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

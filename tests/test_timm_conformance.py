@@ -30,7 +30,7 @@ REQUIRED_TESTS = (
     'test_model_backward_fx',
     'test_model_forward_fx_torchscript',
 )
-REPRESENTATIVE_MODELS = ('hvt_ti_0', 'hvt_ti_1', 'hvt_s_4')
+REPRESENTATIVE_MODELS = ('hvt_ti_1', 'hvt_s_4')
 # the tests that need the network to fetch pretrained weights
 NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
 
