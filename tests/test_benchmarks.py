@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ['hvt_ti_1', 'hvt_s_1', 'hvt_s_4', 'deit_tiny_patch16_224']  # a subset keeps the test under ~40 s
+MODELS = ['hvt_ti_1', 'deit_tiny_patch16_224']  # a subset keeps the test short; hvt_s_* run in the full benchmark
 
 
 @pytest.fixture(scope='module')
@@ -40,8 +40,8 @@ def test_quick_rows_and_columns(out):
 
     tg = pd.read_csv(out / 'targets.csv', keep_default_na=False)
     assert len(tg) == 8 and set(tg.met) <= {'yes', 'no', 'not measured'}
-    # --quick compiles nothing: exactly the compile rows are not measured
-    assert list(tg.met == 'not measured') == ['compile' in t for t in tg.iloc[:, 0]]
+    # --quick compiles nothing, and the subset leaves out hvt_s_*: exactly those rows are not measured
+    assert list(tg.met == 'not measured') == ['compile' in t or 'hvt_s_' in t for t in tg.iloc[:, 0]]
 
     prof = pd.read_csv(out / 'profile.csv')
     assert set(prof.impl) == {'ours', 'authors'} and 'GEMM' in set(prof.ops)
