@@ -7,7 +7,7 @@ from timm.layers import resample_abs_pos_embed
 
 import reference_hvt
 from _weights_helpers import TINY, save_hub_weights
-from timm_hvt import CheckpointMismatchError, checkpoint_filter_fn
+from timm_hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn
 from timm_hvt.hvt import resample_pos_embed_1d
 
 
@@ -61,6 +61,10 @@ def test_other_pooling_stages_are_named():
     message = str(info.value)
     assert '[0, 6]' in message and 'hvt_s_2' in message  # what the file holds
     assert '[0, 3, 6, 9]' in message and 'hvt_s_4' in message  # what the model expects
+    with torch.device('meta'):  # a schedule no registered variant has: named by its blocks alone
+        six_stages = HierarchicalVisionTransformer(embed_dim=384, num_heads=6, pool_block_width=2).state_dict()
+    with pytest.raises(CheckpointMismatchError, match=r'\[0, 2, 4, 6, 8, 10\]'):
+        checkpoint_filter_fn(six_stages, model)
 
 
 def test_not_an_hvt_checkpoint(tiny):

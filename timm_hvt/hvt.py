@@ -580,7 +580,7 @@ def _describe(layout: Dict[str, Any]) -> str:
     if layout['depth'] == 12 and not layout['class_token'] and layout['mlp_hidden'] == 4 * (layout['embed_dim'] or 0):
         size = {192: 'ti', 384: 's'}.get(layout['embed_dim'])
         stages = len(layout['pooled_after'])
-        if size and stages <= 12 and tuple(layout['pooled_after']) == pool_block_indices(12, num_pool_stages=stages):
+        if size and stages <= 4 and tuple(layout['pooled_after']) == pool_block_indices(12, num_pool_stages=stages):
             text += f' (the layout of hvt_{size}_{stages})'
     return text
 
