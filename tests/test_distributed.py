@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 
 import timm

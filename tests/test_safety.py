@@ -13,7 +13,7 @@ import timm
 import torch
 
 from _weights_helpers import (
-    TINY, Caches, caches, hub_id, offline_env, release_url, save_authors_checkpoint, save_hub_weights,
+    TINY, Caches, caches, offline_env, release_url, save_authors_checkpoint, save_hub_weights,
     save_malicious_checkpoint, unpickle_without_safeguards,
 )
 from timm_hvt import checkpoint_filter_fn, cli
