@@ -2,7 +2,9 @@
 
 Importing this package registers the `hvt_*` models with timm's registry; nothing else of timm changes.
 """
-from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, PretrainedWeightsUnavailable, checkpoint_filter_fn
+from .hvt import (
+    CheckpointMismatchError, HierarchicalVisionTransformer, PretrainedWeightsUnavailable, checkpoint_filter_fn,
+)
 
 __version__ = '0.2.0'
 __all__ = [

@@ -389,8 +389,8 @@ class HierarchicalVisionTransformer(nn.Module):
                 raise ValueError("global_pool='token' needs a model built with class_token=True")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes, device=self.pos_embed.device, dtype=self.pos_embed.dtype) if num_classes > 0 \
-            else nn.Identity()
+        dd = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.head.train(self.training)
 
     @torch.jit.ignore
@@ -633,11 +633,6 @@ def add_note(e: BaseException, note: str) -> None:
         e.add_note(note)
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _download_pretrained(cfg: Any, cache_dir: Optional[str] = None) -> str:
     """Local path of the weights `cfg` names: its Hugging Face Hub repo's model.safetensors first (from the HF
     cache when offline), else the authors' release file in torch's hub directory (downloaded there once)."""
@@ -660,7 +655,7 @@ def _download_pretrained(cfg: Any, cache_dir: Optional[str] = None) -> str:
         path = os.path.join(folder, url.rsplit('/', 1)[-1])
         try:
             if not os.path.isfile(path):
-                if _hub_offline():
+                if constants.HF_HUB_OFFLINE:
                     raise FileNotFoundError('HF_HUB_OFFLINE is set and the file is not cached')
                 os.makedirs(folder, exist_ok=True)
                 torch.hub.download_url_to_file(url, path)
