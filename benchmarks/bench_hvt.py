@@ -34,6 +34,8 @@ PAPER = {n: (r.gmacs, r.top1) for n, r in {**PAPER_RESULTS, **PAPER_BASELINES}.i
 PAPER.update(pit_ti_224=(0.7, 73.0), pit_xs_224=(1.4, 78.1), pit_s_224=(2.9, 80.9))  # PiT paper, Table 3
 VS_AUTHORS = ['hvt_ti_1', 'hvt_s_4']  # the lead over the authors' code is judged on these
 SWEEP = ['hvt_ti_1', 'hvt_s_1', 'hvt_s_4', 'deit_tiny_patch16_224', 'deit_small_patch16_224']  # PiT: no dynamic size
+STEADY_MALLOC = ('glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:'
+                 'glibc.malloc.top_pad=268435456')  # fixed: no adaptive mmap threshold, no trimming
 BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # autocast bf16 only where the CPU has native bf16
 authors_forward = authors.forward.__wrapped__  # without its no_grad, so that a training step can use it
 weights = functools.lru_cache(authors.random_state_dict)  # the authors' random weights (O(1) logits), one draw
@@ -298,7 +300,14 @@ def main(argv=None):
     p.add_argument('--rounds-other', type=int, default=3, help='rounds of the other groups')
     p.add_argument('--no-compile', action='store_true')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--default-malloc', action='store_true', help="glibc's adaptive malloc thresholds (noisier)")
     args = p.parse_args(argv)
+    glibc = platform.libc_ver()[0] == 'glibc'
+    if argv is None and glibc and not args.default_malloc and 'GLIBC_TUNABLES' not in os.environ:
+        # glibc's malloc moves its mmap threshold with the allocation history and hands freed memory back, so one
+        # forward pass page-faults 0 to 46,000 times (batch 32) depending on what ran before; fixed thresholds make
+        # timings steady (benchmarks/README.md). They must be set before the interpreter starts: run again with them.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, 'GLIBC_TUNABLES': STEADY_MALLOC})
     args.models = [m for m in args.models.split(',') if m]
     args.sizes, args.sweep_batch, B = (224, 288, 384, 448), 8, 32
     if args.quick:
@@ -341,6 +350,8 @@ def main(argv=None):
                logical_cpus=os.cpu_count(), torch_threads=torch_threads, torch=torch.__version__, timm=timm.__version__,
                timm_hvt=timm_hvt.__version__, python=platform.python_version(), bf16_native=BF16,
                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU only)',
+               malloc=' '.join(f'{k}={os.environ[k]}' for k in ('GLIBC_TUNABLES', 'LD_PRELOAD') if k in os.environ)
+               or 'default',
                load_avg=' '.join(f'{v:.1f}' for v in os.getloadavg()), startup_hook_ms=startup_ms(),
                duration_s=round(time.time() - t_start))
     res.to_csv(out / 'results.csv', index=False)
@@ -360,9 +371,10 @@ def main(argv=None):
     pivot = dict(index=['model', 'mode', 'dtype'], values='ms', aggfunc='first')
     text = [f"# HVT benchmarks\n\n{env['date']}, `{env['command']}` ({env['duration_s']} s) on {env['cpu']}, "
             f"{env['logical_cpus']} logical CPUs, {torch_threads} torch threads, GPU: {env['gpu']}, bf16 native: "
-            f"{BF16}; torch {env['torch']}, timm {env['timm']}, timm-hvt {env['timm_hvt']}, Python {env['python']}; "
-            f"load average at the end {env['load_avg']}; start-up hook {env['startup_hook_ms']:.1f} ms per "
-            f"interpreter.\n", '## Targets\n', md(tg), f'\nfp32 GEMM rate: {gemm_rate / 1e9:.1f} GFLOP/s '
+            f"{BF16}; malloc: {env['malloc']}; torch {env['torch']}, timm {env['timm']}, timm-hvt {env['timm_hvt']}, "
+            f"Python {env['python']}; load average at the end {env['load_avg']}; start-up hook "
+            f"{env['startup_hook_ms']:.1f} ms per interpreter.\n", '## Targets\n', md(tg),
+            f'\nfp32 GEMM rate: {gemm_rate / 1e9:.1f} GFLOP/s '
             f"(torch.matmul, best median of {ref['model'] if ref else '-'} and the other GEMM shapes).\n",
             f'## Models, 224x224, batch {B} inference (images/s, medians of {args.rounds_other} rounds)\n', md(main_t),
             '\n![images/s against GMACs](throughput_vs_gmacs.png)\n',

@@ -1,6 +1,8 @@
 """benchmarks/bench_hvt.py --quick writes every file, with the rows and columns a reader looks for. No timing is
 asserted: --quick runs batch 2, one round, on a shared machine."""
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,8 @@ def test_quick_rows_and_columns(out):
 def test_quick_report_files(out):
     env = json.loads((out / 'env.json').read_text())
     assert '--quick' in env['command'] and env['cpu']
+    if platform.libc_ver()[0] == 'glibc' and 'GLIBC_TUNABLES' not in os.environ:  # the script restarted with them
+        assert 'glibc.malloc.mmap_threshold=' in env['malloc'], env['malloc']
     md = (out / 'results.md').read_text()
     for text in ('## Targets', 'ours / authors', '## Batch 1 latency', '## Where the time goes', env['command']):
         assert text in md, text
