@@ -225,24 +225,26 @@ def targets(groups, B):
     return df, ref
 
 
-def profile(names, B):
+def profile(names, B, modes):
     """torch.profiler self time and calls per op group, ours against the authors', one batch-B forward each."""
     from torch.profiler import profile as prof
     groups = {'aten::addmm': 'GEMM', 'aten::mm': 'GEMM', 'aten::_scaled_dot': 'attention', 'aten::bmm': 'attention',
               'aten::_softmax': 'attention', 'aten::div': 'attention', 'aten::add': 'adds (bias, residual, position)',
               'aten::copy_': 'copies', 'aten::clone': 'copies', 'aten::gelu': 'GELU', 'aten::native_layer': 'LayerNorm',
-              'aten::mkldnn_conv': 'patch conv', 'aten::max_pool': 'token pooling', 'aten::amax': 'token pooling'}
+              'aten::mkldnn_conv': 'patch conv', 'aten::max_pool': 'token pooling', 'aten::amax': 'token pooling',
+              'aten::maximum': 'token pooling', '## Call CompiledFxGraph': 'fused kernels (inductor)'}
     rows, x = [], torch.randn(B, 3, 224, 224)
-    for n in names:
+    for n, mode in [(n, m) for n in names for m in modes]:
         for impl, fn in (('ours', create(n)), ('authors', functools.partial(authors_forward, weights(n)))):
+            fn = torch.compile(fn, dynamic=False) if mode == 'compile' else fn
             infer(fn, x)()
             with prof() as p:
                 infer(fn, x)()
             for e in p.key_averages():
                 op = next((v for k, v in groups.items() if e.key.startswith(k)), 'other')
-                rows.append(dict(model=n, impl=impl, ops=op, ms=e.self_cpu_time_total / 1e3, calls=e.count))
-    df = pd.DataFrame(rows).groupby(['model', 'impl', 'ops'], sort=False).sum().reset_index()
-    df['share'] = df.ms / df.groupby(['model', 'impl']).ms.transform('sum')
+                rows.append(dict(model=n, mode=mode, impl=impl, ops=op, ms=e.self_cpu_time_total / 1e3, calls=e.count))
+    df = pd.DataFrame(rows).groupby(['model', 'mode', 'impl', 'ops'], sort=False).sum().reset_index()
+    df['share'] = df.ms / df.groupby(['model', 'mode', 'impl']).ms.transform('sum')
     return df
 
 
@@ -342,7 +344,7 @@ def main(argv=None):
              gemm_frac=c['flop'] / pd.Series(c['times']).median() / gemm_rate
              if c['times'] else None, first_call_s=c.get('first_s'), error=c['error'])
         for g, _, cs in groups for c in cs])
-    prof = profile([n for n in ('hvt_s_1', 'hvt_ti_1') if n in base], B)
+    prof = profile([n for n in ('hvt_s_1', 'hvt_ti_1') if n in base], B, ['eager', 'compile'][:2 - args.no_compile])
     env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                command='python benchmarks/bench_hvt.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
                cpu=next((ln.split(':', 1)[1].strip() for ln in open('/proc/cpuinfo') if ln.startswith('model name')),
@@ -390,7 +392,8 @@ def main(argv=None):
                .reset_index()), '\n![cost against resolution](throughput_vs_resolution.png)\n',
             f'## Where the time goes (torch.profiler self time, ms, one forward at batch {B})\n',
             md(prof.assign(cell=[f'{m:.0f} ({s:.0%}), {c}' for m, s, c in zip(prof.ms, prof.share, prof.calls)])
-               .pivot_table(index='ops', columns=['model', 'impl'], values='cell', aggfunc='first').reset_index()),
+               .pivot_table(index='ops', columns=['model', 'mode', 'impl'], values='cell', aggfunc='first')
+               .reset_index()),
             '\nCells: ms (share of the forward), op calls.\n']
     if (res.error != '').any():
         text += ['## Errors\n', md(res[res.error != ''][['group', 'model', 'impl', 'mode', 'error']])]
