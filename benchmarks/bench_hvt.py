@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """HVT against DeiT, PiT and the authors' implementation: speed, cost and memory, in one run.
 
-    python benchmarks/bench_hvt.py            # full run (~10-15 min on 2 cores), writes benchmarks/results/
+    python benchmarks/bench_hvt.py            # full run (6-12 min on 2 cores), writes benchmarks/results/
     python benchmarks/bench_hvt.py --quick    # every file and row in about a minute (batch 2, one round)
 
 Each group of cases is timed in interleaved rounds: a round times every case once, the first case rotating from
@@ -248,6 +248,14 @@ def profile(names, B, modes):
     return df
 
 
+def cpu():
+    """The CPU's name and family and the vector extensions that pick torch's kernels (AVX2, AVX-512, bf16, AMX)."""
+    info = dict(map(str.strip, ln.split(':', 1)) for ln in open('/proc/cpuinfo').read().split('\n\n')[0].splitlines()
+                if ':' in ln) if os.path.exists('/proc/cpuinfo') else {}
+    isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile') if f in info.get('flags', '').split()]
+    return f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')}; {' '.join(isa)})"
+
+
 def startup_ms():
     """What the start-up hook (timm_hvt_autoload.pth) adds to every interpreter, as python -X importtime sees it."""
     err = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'pass'], capture_output=True, text=True).stderr
@@ -347,8 +355,7 @@ def main(argv=None):
     prof = profile([n for n in ('hvt_s_1', 'hvt_ti_1') if n in base], B, ['eager', 'compile'][:2 - args.no_compile])
     env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                command='python benchmarks/bench_hvt.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-               cpu=next((ln.split(':', 1)[1].strip() for ln in open('/proc/cpuinfo') if ln.startswith('model name')),
-                        platform.machine()) if os.path.exists('/proc/cpuinfo') else platform.machine(),
+               cpu=cpu(),
                logical_cpus=os.cpu_count(), torch_threads=torch_threads, torch=torch.__version__, timm=timm.__version__,
                timm_hvt=timm_hvt.__version__, python=platform.python_version(), bf16_native=BF16,
                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else 'none (CPU only)',
