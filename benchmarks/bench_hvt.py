@@ -139,7 +139,7 @@ def plan(args, B):
           + [ours('hvt_s_1', xb, m) for m in (cmp or ['eager']) if 'hvt_s_1' in base]
           + [gemm_case(2048, 2048, 2048)] + [gemm_case(B * 97, k, n) for k, n in ((384, 1152), (384, 384),
                                                                                   (384, 1536), (1536, 384))]),
-         ('train', max(1, args.rounds // 2), [trainee(n, i) for n in vs for i in ('ours', 'authors')]),
+         ('train', args.rounds, [trainee(n, i) for n in vs for i in ('ours', 'authors')]),
          ('models', args.rounds_other, [ours(n, xb, amp=a) for a in (False, True)[:1 + BF16] for n in base])]
     b1 = [c for n in vs for c in (ours(n, x1), theirs(n, x1))]
     for n in vs:
@@ -306,7 +306,7 @@ def main(argv=None):
     p.add_argument('--out', type=Path, help='results folder (default benchmarks/results[_quick])')
     p.add_argument('--threads', type=int, help='torch threads (default: torch default; --quick: 1)')
     p.add_argument('--models', default=','.join(MODELS), help='comma-separated subset')
-    p.add_argument('--rounds', type=int, default=11, help='rounds of the ours-against-authors group')
+    p.add_argument('--rounds', type=int, default=11, help='rounds of the ours-against-authors and training groups')
     p.add_argument('--rounds-other', type=int, default=3, help='rounds of the other groups')
     p.add_argument('--no-compile', action='store_true')
     p.add_argument('--no-progress', action='store_true')
