@@ -315,8 +315,8 @@ def main(argv=None):
     glibc = platform.libc_ver()[0] == 'glibc'
     if argv is None and glibc and not args.default_malloc and 'GLIBC_TUNABLES' not in os.environ:
         # glibc's malloc moves its mmap threshold with the allocation history and hands freed memory back, so one
-        # forward pass page-faults 0 to 46,000 times (batch 32) depending on what ran before; fixed thresholds make
-        # timings steady (benchmarks/README.md). They must be set before the interpreter starts: run again with them.
+        # batch-32 forward page-faults anywhere from 0 to 60,000 times depending on what ran before; fixed thresholds
+        # make timings steady (benchmarks/README.md). They act only from the interpreter's start: run again with them.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, 'GLIBC_TUNABLES': STEADY_MALLOC})
     args.models = [m for m in args.models.split(',') if m]
     args.sizes, args.sweep_batch, B = (224, 288, 384, 448), 8, 32
