@@ -300,7 +300,8 @@ def plots(out, res, gemm_rate):
     fig.savefig(out / 'throughput_vs_resolution.png', dpi=100)
 
 
-def main(argv=None):
+def main(argv=None, restart=False):
+    """Run the benchmark; `restart`: first re-run this script with fixed malloc thresholds (see STEADY_MALLOC)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='batch 2, one round, no compile: checks the pipeline')
     p.add_argument('--out', type=Path, help='results folder (default benchmarks/results[_quick])')
@@ -312,12 +313,13 @@ def main(argv=None):
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--default-malloc', action='store_true', help="glibc's adaptive malloc thresholds (noisier)")
     args = p.parse_args(argv)
-    glibc = platform.libc_ver()[0] == 'glibc'
-    if argv is None and glibc and not args.default_malloc and 'GLIBC_TUNABLES' not in os.environ:
+    tunables = os.environ.get('GLIBC_TUNABLES', '')
+    if restart and platform.libc_ver()[0] == 'glibc' and not args.default_malloc and 'glibc.malloc.' not in tunables:
         # glibc's malloc moves its mmap threshold with the allocation history and hands freed memory back, so one
         # batch-32 forward page-faults anywhere from 0 to 60,000 times depending on what ran before; fixed thresholds
-        # make timings steady (benchmarks/README.md). They act only from the interpreter's start: run again with them.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, 'GLIBC_TUNABLES': STEADY_MALLOC})
+        # make timings steadier (benchmarks/README.md). They act only from the interpreter's start: run again with them.
+        env = {**os.environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, STEADY_MALLOC]))}
+        os.execve(sys.executable, sys.orig_argv, env)  # orig_argv: the interpreter's own flags too
     args.models = [m for m in args.models.split(',') if m]
     args.sizes, args.sweep_batch, B = (224, 288, 384, 448), 8, 32
     if args.quick:
@@ -409,4 +411,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    main(restart=True)
