@@ -250,8 +250,8 @@ def profile(names, B, modes):
 
 def cpu():
     """The CPU's name and family and the vector extensions that pick torch's kernels (AVX2, AVX-512, bf16, AMX)."""
-    info = dict(map(str.strip, ln.split(':', 1)) for ln in open('/proc/cpuinfo').read().split('\n\n')[0].splitlines()
-                if ':' in ln) if os.path.exists('/proc/cpuinfo') else {}
+    first = Path('/proc/cpuinfo').read_text().split('\n\n')[0] if os.path.exists('/proc/cpuinfo') else ''
+    info = dict(map(str.strip, ln.split(':', 1)) for ln in first.splitlines() if ':' in ln)
     isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile') if f in info.get('flags', '').split()]
     return f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')}; {' '.join(isa)})"
 
