@@ -22,7 +22,7 @@ import reference_hvt
 
 
 def hub_id(arch: str) -> str:
-    from timm_hvt.hvt import HF_HUB_NAMESPACE
+    from timm_hvt.sources import HF_HUB_NAMESPACE
     return f'{HF_HUB_NAMESPACE}/{arch}.in1k'
 
 

@@ -21,11 +21,12 @@ from _weights_helpers import (
     save_hub_weights,
 )
 from timm_hvt import PretrainedWeightsUnavailable, checkpoint_filter_fn
-from timm_hvt.hvt import HF_HUB_NAMESPACE, resample_pos_embed_1d
+from timm_hvt.hvt import resample_pos_embed_1d
+from timm_hvt.sources import HF_HUB_NAMESPACE
 from timm_hvt.paper import ARXIV_ID, PAPER_RESULTS
 
 RELEASED = ['hvt_s_0', 'hvt_s_1', 'hvt_s_2', 'hvt_s_3', 'hvt_s_4', 'hvt_ti_1']
-WEIGHTS_LOGGER = 'timm_hvt.hvt'
+WEIGHTS_LOGGER = 'timm_hvt.sources'
 
 
 @pytest.fixture

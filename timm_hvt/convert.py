@@ -20,10 +20,9 @@ from timm.data import ImageNetInfo
 from timm.models import load_state_dict, save_for_hf
 
 from .flops import count_gmacs, count_params
-from .hvt import (
-    HF_HUB_NAMESPACE, CheckpointMismatchError, HierarchicalVisionTransformer, add_note, checkpoint_filter_fn,
-)
+from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn
 from .paper import ARXIV_ID, PAPER_RESULTS
+from .sources import HF_HUB_NAMESPACE, add_note
 
 __all__ = ['HUB_FOLDER_FILES', 'ConvertResult', 'convert_checkpoint', 'model_card', 'check_hub_folder', 'push_folder']
 

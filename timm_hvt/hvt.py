@@ -11,7 +11,6 @@ authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their che
 """
 import logging
 import math
-import os
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -41,7 +40,6 @@ from timm.models import (
     named_apply,
     register_model,
     register_model_deprecations,
-    resolve_pretrained_cfg,
 )
 from timm.models.vision_transformer import Block, global_pool_nlc, init_weights_vit_timm
 
@@ -54,10 +52,11 @@ except ImportError:
     update_model_input_size = None
 
 from .paper import ARXIV_ID, PAPER_RESULTS
+from .sources import HF_HUB_NAMESPACE, pretrained_file, reading_weights
 
 __all__ = [
-    'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'PretrainedWeightsUnavailable',
-    'pool_tokens', 'pooled_seq_lens', 'resample_pos_embed_1d',
+    'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'pool_tokens', 'pooled_seq_lens',
+    'resample_pos_embed_1d',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -559,9 +558,6 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint holds another architecture than the model it is loaded into."""
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """None of a model's pretrained weight sources could be had."""
-
 
 def _layout(shapes: Dict[str, torch.Size]) -> Dict[str, Any]:
     """What the key names and shapes of an HVT state dict say about its architecture."""
@@ -627,65 +623,10 @@ def checkpoint_filter_fn(
     return state_dict
 
 
-def add_note(e: BaseException, note: str) -> None:
-    """Name the file an error came from without changing its type or message (Python >= 3.11 shows notes)."""
-    if hasattr(e, 'add_note'):
-        e.add_note(note)
-
-
-def _download_pretrained(cfg: Any, cache_dir: Optional[str] = None) -> str:
-    """Local path of the weights `cfg` names: its Hugging Face Hub repo's model.safetensors first (from the HF
-    cache when offline), else the authors' release file in torch's hub directory (downloaded there once)."""
-    from huggingface_hub import constants, hf_hub_download
-    failures = []
-    if cfg.hf_hub_id:
-        repo_id, _, revision = cfg.hf_hub_id.partition('@')
-        try:
-            path = hf_hub_download(
-                repo_id, cfg.hf_hub_filename or 'model.safetensors', revision=revision or None, cache_dir=cache_dir)
-        except Exception as e:  # missing repo or file, hub unreachable, offline without a cached copy
-            failures.append(f'Hugging Face Hub {cfg.hf_hub_id}: {type(e).__name__}: {str(e).strip().splitlines()[0]} '
-                            f'[HF cache {cache_dir or constants.HF_HUB_CACHE}]')
-        else:
-            _logger.info(f'{cfg.architecture}: pretrained weights from the Hugging Face Hub ({cfg.hf_hub_id})')
-            return path
-    if cfg.url:
-        url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]  # timm also takes (url, file name)
-        folder = cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
-        path = os.path.join(folder, url.rsplit('/', 1)[-1])
-        try:
-            if not os.path.isfile(path):
-                if constants.HF_HUB_OFFLINE:
-                    raise FileNotFoundError('HF_HUB_OFFLINE is set and the file is not cached')
-                os.makedirs(folder, exist_ok=True)
-                torch.hub.download_url_to_file(url, path)
-        except Exception as e:
-            failures.append(f'authors\' release {url}: {type(e).__name__}: {e} [torch hub cache {folder}]')
-        else:
-            _logger.warning(f'{cfg.architecture}: pretrained weights from the authors\' release {url} (cached at '
-                            f'{path}), converted on load. Not from the {failures[0] if failures else "hub: no hub id"}')
-            return path
-    raise PretrainedWeightsUnavailable(
-        f'No pretrained weights for {cfg.architecture} could be had: {" | ".join(failures)}')
-
-
 def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     out_indices = kwargs.pop('out_indices', 3)
-    weights = None
-    if pretrained:
-        cfg = resolve_pretrained_cfg(
-            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        weights = cfg.file or cfg.hf_hub_id
-        if cfg.source in ('hf-hub', 'local-dir') or cfg.file or cfg.state_dict:
-            pass  # an hf-hub: / local-dir: name or a given file: timm loads it as for any model
-        elif not (cfg.hf_hub_id or cfg.url):
-            raise PretrainedWeightsUnavailable(
-                f'{variant} has no pretrained weights (the authors released none for it). Use pretrained=False, '
-                f'or give a file: pretrained_cfg_overlay=dict(file=...) or checkpoint_path=...')
-        else:  # fetched before building, so a missing source leaves no half-made model
-            weights = _download_pretrained(cfg, kwargs.get('cache_dir'))
-            kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=weights)
-    try:
+    weights = pretrained_file(variant, kwargs) if pretrained else None
+    with reading_weights(variant, weights, passthrough=CheckpointMismatchError):
         return build_model_with_cfg(
             HierarchicalVisionTransformer,
             variant,
@@ -694,13 +635,6 @@ def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> Hierarchica
             feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
             **kwargs,
         )
-    except Exception as e:
-        if weights and not isinstance(e, CheckpointMismatchError):
-            add_note(e, f'(while building {variant} with the pretrained weights of {weights})')
-        raise
-
-
-HF_HUB_NAMESPACE = os.environ.get('TIMM_HVT_HUB_NAMESPACE') or 'timm-hvt'
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
