@@ -1,9 +1,11 @@
 """Pretrained cfgs, and where `pretrained=True` and timm's other routes take the weights from, offline.
 
 Source selection is shown with 2-block hvt_ti_1 weights (TINY); the resolution / patch scaling with full models."""
+import hashlib
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +16,14 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-from safetensors import SafetensorError
-
 from _weights_helpers import (
     TINY, Caches, assert_weights, caches, fake_hub, hub_id, offline_env, release_url, save_authors_checkpoint,
-    save_hub_weights,
+    save_hub_weights, save_malicious_checkpoint,
 )
-from timm_hvt import PretrainedWeightsUnavailable, checkpoint_filter_fn
+import timm_hvt.sources
+from timm_hvt import CheckpointMismatchError, PretrainedWeightsUnavailable, checkpoint_filter_fn
 from timm_hvt.hvt import resample_pos_embed_1d
-from timm_hvt.sources import HF_HUB_NAMESPACE
+from timm_hvt.sources import HF_HUB_NAMESPACE, RELEASED_WEIGHTS, ReleasedWeights
 from timm_hvt.paper import ARXIV_ID, PAPER_RESULTS
 
 RELEASED = ['hvt_s_0', 'hvt_s_1', 'hvt_s_2', 'hvt_s_3', 'hvt_s_4', 'hvt_ti_1']
@@ -38,10 +39,6 @@ def sources(caches: Caches, tmp_path: Path):
                 hub_file=save_hub_weights(tmp_path / 'model.safetensors', hub_sd))
 
 
-def _fallback_warnings(caplog) -> list:
-    return [r for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno == logging.WARNING]
-
-
 def _tiny_hub_config() -> dict:
     """timm's config.json of a 2-block hvt_ti_1 (what save_for_hf writes)."""
     cfg = timm.models.get_pretrained_cfg('hvt_ti_1.in1k').to_dict(remove_source=True)
@@ -49,7 +46,9 @@ def _tiny_hub_config() -> dict:
 
 
 def _source_lines(caplog) -> list:
-    return [r.getMessage() for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno >= logging.INFO]
+    """What timm-hvt logged about where weights came from: warnings, so that they show at the default log level."""
+    assert not [r for r in caplog.records if r.name == WEIGHTS_LOGGER and r.levelno < logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == WEIGHTS_LOGGER]
 
 
 def test_pretrained_tags_and_cfgs():
@@ -68,15 +67,17 @@ def test_pretrained_tags_and_cfgs():
     assert not timm.models.get_pretrained_cfg('hvt_ti_0').url
 
 
-def test_hub_is_the_first_source(sources, caplog):
-    caplog.set_level(logging.INFO, logger=WEIGHTS_LOGGER)
+def test_hub_cache_comes_first_without_the_network(sources, caplog):
     c = sources['caches']
     snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)  # hub unreachable, the file is in its cache
+    with fake_hub() as hub:  # reachable, not offline: still not asked
+        c.endpoint(hub.url)
+        model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+    assert hub.requests == []
     assert_weights(model, sources['hub_sd'])
     lines = _source_lines(caplog)
-    assert len(lines) == 1 and hub_id('hvt_ti_1') in lines[0] and not _fallback_warnings(caplog)
+    assert len(lines) == 1 and hub_id('hvt_ti_1') in lines[0] and str(snapshot / 'model.safetensors') in lines[0]
     assert model.pretrained_cfg['hf_hub_id'] == hub_id('hvt_ti_1')
     assert model.pretrained_cfg['file'] == str(snapshot / 'model.safetensors')
 
@@ -84,41 +85,67 @@ def test_hub_is_the_first_source(sources, caplog):
     assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
 
 
-@pytest.mark.parametrize('error_code', ['RepoNotFound', 'EntryNotFound'])
-def test_falls_back_to_release_when_repo_or_file_missing(sources, caplog, error_code):
+def test_release_cache_comes_before_the_network(sources, caplog):
     c = sources['caches']
-    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    with fake_hub(error_code) as hub:
+    cached = c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with fake_hub() as hub:
         c.endpoint(hub.url)
         model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
-        assert any(hub_id('hvt_ti_1') in r for r in hub.requests)
+    assert hub.requests == []
     assert_weights(model, sources['release_sd'])
     lines = _source_lines(caplog)
-    assert len(lines) == 1 and len(_fallback_warnings(caplog)) == 1
-    assert hub_id('hvt_ti_1') in lines[0] and release_url('hvt_ti_1') in lines[0] and 'NotFound' in lines[0]
+    assert len(lines) == 1 and release_url('hvt_ti_1') in lines[0] and str(cached) in lines[0]
+    assert hub_id('hvt_ti_1') in lines[0]  # says that the hub repo is not in the HF cache
 
 
+@pytest.mark.smoke  # also run at the dependency floors
 @pytest.mark.parametrize('offline', [True, False], ids=['offline', 'unreachable'])
-def test_falls_back_to_release_when_hub_cannot_be_reached(sources, caplog, offline):
+def test_release_cache_offline(sources, caplog, offline):
     c = sources['caches']
     c.offline(offline)
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
     model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
     assert_weights(model, sources['release_sd'])
-    assert len(_fallback_warnings(caplog)) == 1
+    assert len(_source_lines(caplog)) == 1
 
 
-def test_release_is_downloaded_into_torch_hub_cache(sources):
+@pytest.mark.parametrize('error_code', ['RepoNotFound', 'EntryNotFound'])
+def test_downloads_from_the_hub_first_then_the_release(sources, caplog, error_code):
     c = sources['caches']
-    with fake_hub('RepoNotFound') as hub:
+    with fake_hub(error_code) as hub:
         c.endpoint(hub.url)
         hub.files['/releases/hvt_ti_1.pth'] = sources['release_file'].read_bytes()
         overlay = dict(url=hub.url + '/releases/hvt_ti_1.pth')
         model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
         assert (c.torch_checkpoints / 'hvt_ti_1.pth').read_bytes() == sources['release_file'].read_bytes()
+        first_release = next(i for i, r in enumerate(hub.requests) if r.startswith('GET /releases/'))
+        assert any(hub_id('hvt_ti_1') in r for r in hub.requests[:first_release])  # the hub was asked first
         timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
         assert sum(r.startswith('GET /releases/') for r in hub.requests) == 1  # the second came from the cache
     assert_weights(model, sources['release_sd'])
+    line = _source_lines(caplog)[0]
+    assert hub_id('hvt_ti_1') in line and overlay['url'] in line and 'NotFound' in line
+
+
+@pytest.mark.parametrize('matches', [True, False], ids=['same', 'other'])
+def test_release_download_checks_a_known_sha256(sources, monkeypatch, matches):
+    c = sources['caches']
+    data = sources['release_file'].read_bytes()
+    digest = hashlib.sha256(data if matches else data + b'other file').hexdigest()
+    with fake_hub() as hub:
+        c.endpoint(hub.url)
+        hub.files['/releases/v1.0/hvt_ti_1.pth'] = data
+        monkeypatch.setattr(timm_hvt.sources, 'RELEASE_URL', hub.url + '/releases/{release}')
+        monkeypatch.setitem(RELEASED_WEIGHTS, 'hvt_ti_1.in1k', ReleasedWeights('v1.0/hvt_ti_1.pth', sha256=digest))
+        overlay = dict(url=timm_hvt.sources.release_url('hvt_ti_1.in1k'))
+        if matches:
+            model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
+            assert_weights(model, sources['release_sd'])
+        else:
+            with pytest.raises(PretrainedWeightsUnavailable) as info:
+                timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=overlay, **TINY)
+            assert digest[:16] in str(info.value)
+    assert (c.torch_checkpoints / 'hvt_ti_1.pth').exists() == matches
 
 
 def test_error_names_every_source_when_nothing_can_be_had(caches):
@@ -154,7 +181,7 @@ def test_hf_hub_model_names(sources, caplog):
     model = timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True)
     assert_weights(model, sources['hub_sd'])
     assert model.pretrained_cfg['source'] == 'hf-hub'
-    assert not _fallback_warnings(caplog)
+    assert not _source_lines(caplog)  # timm's own route
 
 
 def test_hf_hub_names_behave_as_for_any_timm_model(sources):
@@ -180,7 +207,7 @@ def test_hub_repo_with_pytorch_model_bin_only(sources, caplog):
     model = timm.create_model('hf-hub:someone/hvt-bin', pretrained=True)
     assert_weights(model, sources['release_sd'])
     assert model.pretrained_cfg['hf_hub_id'] == 'someone/hvt-bin'
-    assert not _fallback_warnings(caplog)
+    assert not _source_lines(caplog)  # timm's own route
 
 
 def test_file_overlay_checkpoint_path_and_load_checkpoint(sources, tmp_path):
@@ -256,13 +283,51 @@ def test_patch_size_change_resamples_patch_kernel(sources):
     assert torch.equal(model.pos_embed, release['pos_embed'])  # the same 14x14 grid
 
 
-def test_corrupt_hub_file_is_an_error_not_a_fallback(sources):
+def _assert_names_the_damaged_file(error: Exception, *paths) -> None:
+    message = str(error)
+    assert all(str(p) in message for p in paths), message
+    assert 'damaged' in message and 'Delete' in message
+    assert 'weights_only=False' not in message and not getattr(error, '__notes__', None)
+    assert error.__suppress_context__  # the loader's own advice does not show underneath
+
+
+def test_damaged_hub_cache_is_named_not_a_fallback(sources):
     c = sources['caches']
     snapshot = c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file'].read_bytes()[:1000]})
     c.put_release(release_url('hvt_ti_1'), sources['release_file'])
-    with pytest.raises(SafetensorError) as info:
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
         timm.create_model('hvt_ti_1', pretrained=True, **TINY)
-    assert any(str(snapshot / 'model.safetensors') in note for note in info.value.__notes__)
+    link = snapshot / 'model.safetensors'
+    _assert_names_the_damaged_file(info.value, link, link.resolve())  # the blob too: the hub client reuses it
+
+
+@pytest.mark.parametrize('content', ['random', 'code', 'truncated'])
+def test_damaged_release_cache_is_named_with_the_way_out(sources, tmp_path, content):
+    c = sources['caches']
+    c.offline()
+    if content == 'code':
+        save_malicious_checkpoint(tmp_path / 'evil.pth', tmp_path / 'code-ran', **TINY)
+        data = (tmp_path / 'evil.pth').read_bytes()
+    else:
+        good = sources['release_file'].read_bytes()
+        data = good[:len(good) // 2] if content == 'truncated' else random.Random(0).randbytes(100_000)
+    cached = c.put_release(release_url('hvt_ti_1'), data)
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+    _assert_names_the_damaged_file(info.value, cached)
+    assert not (tmp_path / 'code-ran').exists()
+
+    cached.unlink()  # the way out the error gives: the next load fetches the file again (here: from a good copy)
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['release_sd'])
+
+
+def test_other_errors_with_cached_weights_keep_their_type(sources):
+    c = sources['caches']
+    c.offline()
+    c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with pytest.raises(CheckpointMismatchError):  # a readable file of another variant is no damage
+        timm.create_model('hvt_ti_1', pretrained=True, depth=3)
 
 
 def test_namespace_and_offline_from_the_environment(tmp_path):
