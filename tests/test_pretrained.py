@@ -344,3 +344,24 @@ def test_namespace_and_offline_from_the_environment(tmp_path):
     lines = out.stdout.splitlines()
     assert lines[0] == 'my-org/hvt_s_2.in1k', out.stderr
     assert 'my-org/hvt_ti_1.in1k' in lines[1] and 'HF_HUB_OFFLINE' in lines[1]
+
+
+@pytest.mark.parametrize('cache', ['hub', 'release'])
+def test_source_line_at_the_default_log_level_and_no_network_when_cached(sources, tmp_path, cache):
+    # a fresh interpreter that configures no logging and is not told to be offline, the hub endpoint a server
+    # that records every request: weights already on disk are loaded without asking it anything
+    c = sources['caches']
+    if cache == 'hub':
+        c.put_hub_repo(hub_id('hvt_ti_1'), {'model.safetensors': sources['hub_file']})
+    else:
+        c.put_release(release_url('hvt_ti_1'), sources['release_file'])
+    with fake_hub() as hub:
+        env = dict(os.environ, **offline_env(c.root))
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE='0')
+        load = 'import timm; timm.create_model("hvt_ti_1", pretrained=True, depth=2)'
+        out = subprocess.run([sys.executable, '-c', load], capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert hub.requests == []
+    lines = [line for line in out.stderr.splitlines() if 'pretrained weights from' in line]
+    expected = str(c.hf) if cache == 'hub' else release_url('hvt_ti_1')
+    assert len(lines) == 1 and expected in lines[0], out.stderr[-3000:]
