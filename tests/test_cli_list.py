@@ -1,5 +1,7 @@
 """`timm-hvt` without a command lists every registered variant with measured and published cost."""
 import re
+import subprocess
+import sys
 
 import timm
 
@@ -27,3 +29,11 @@ def test_default_command_lists_every_variant(capsys):
 
 def test_list_is_also_an_explicit_command():
     assert build_parser().parse_args(['list']).func is cmd_list is build_parser().parse_args([]).func
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `timm-hvt | head -1`, without the race: the reader is gone before the command writes anything
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_hvt.cli'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=240) == 141 and err == ''

@@ -109,6 +109,7 @@ class _FakeHfApi:
 
     def upload_folder(self, **kwargs):
         self.calls.append(('upload_folder', kwargs))
+        return type('CommitInfo', (), {'oid': 'c0ffee' * 6 + 'c0ff'})()
 
 
 def test_push(ti_folder, monkeypatch, capsys):
@@ -123,6 +124,7 @@ def test_push(ti_folder, monkeypatch, capsys):
     assert _FakeHfApi.calls == []
 
     assert cli.main(['push', str(ti_folder), '--repo-id', 'me/hvt_ti_1.in1k', '--private']) == 0
+    assert f'me/hvt_ti_1.in1k@{"c0ffee" * 6}c0ff' in capsys.readouterr().out.splitlines()  # the commit, to pin
     (create, repo_id, create_kwargs), (upload, upload_kwargs) = _FakeHfApi.calls
     assert (create, repo_id, create_kwargs['private'], create_kwargs['exist_ok']) == ('create_repo', 'me/hvt_ti_1.in1k', True, True)
     assert upload == 'upload_folder' and upload_kwargs['folder_path'] == str(ti_folder)
@@ -137,6 +139,9 @@ def test_push_errors_are_one_line(ti_folder, tmp_path, caches, capsys):
     (tmp_path / 'half' / 'config.json').write_text('{}')
     assert cli.main(['push', str(tmp_path / 'half'), '--repo-id', 'me/x', '--dry-run']) == 1
     assert 'lacks model.safetensors, README.md' in _one_line_error(capsys)
+    assert cli.main(['push', str(tmp_path / 'nowhere'), '--repo-id', 'me/x', '--dry-run']) == 1
+    error = _one_line_error(capsys)
+    assert 'not found' in error and str(tmp_path / 'nowhere') in error
 
 
 TRANSFORMERS_LOAD = r'''

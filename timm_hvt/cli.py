@@ -1,6 +1,8 @@
-"""The `timm-hvt` command: lists the HVT variants with measured and published cost; subcommands for weights."""
+"""The `timm-hvt` command: lists the HVT variants with measured and published cost; subcommands that convert, upload
+and publish weights."""
 import argparse
 import functools
+import os
 import sys
 from typing import List, Optional
 
@@ -57,11 +59,13 @@ def _one_line_errors(cmd):
     """Report a command's failure as one line on stderr with exit status 1, without a traceback."""
     @functools.wraps(cmd)
     def run(args: argparse.Namespace) -> int:
+        from timm_hvt.sources import describe_error
         try:
             return cmd(args)
+        except BrokenPipeError:
+            raise
         except Exception as e:
-            message = ' '.join([*str(e).split(), *' '.join(getattr(e, '__notes__', ())).split()]) or type(e).__name__
-            print(f'timm-hvt {args.command}: error: {message}', file=sys.stderr)
+            print(f'timm-hvt {args.command}: error: {describe_error(e)}', file=sys.stderr)
             return 1
     return run
 
@@ -79,7 +83,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 @_one_line_errors
 def cmd_push(args: argparse.Namespace) -> int:
     from timm_hvt.convert import push_folder
-    files = push_folder(
+    files, commit = push_folder(
         args.folder,
         args.repo_id,
         private=args.private,
@@ -91,7 +95,28 @@ def cmd_push(args: argparse.Namespace) -> int:
     print(f'{verb} to https://huggingface.co/{args.repo_id}:')
     for name, size in files:
         print(f'  {name}  ({size} bytes)')
+    if commit:
+        print(f'{args.repo_id}@{commit}')
     return 0
+
+
+@_one_line_errors
+def cmd_publish(args: argparse.Namespace) -> int:
+    from timm_hvt.publish import publish
+    from timm_hvt.sources import RELEASED_WEIGHTS
+    results = publish(args.namespace, sources=args.sources, out=args.out, dry_run=args.dry_run, tags=args.tag)
+    failed = [r.tag for r in results if r.error]
+    print(f'\n{len(results) - len(failed)} of {len(results)} tags converted'
+          + ('' if args.dry_run else ' and uploaded') + (f'; failed: {", ".join(failed)}' if failed else ''))
+    done = [r for r in results if not r.error]
+    if done:
+        print('To pin them, these RELEASED_WEIGHTS rows of timm_hvt/sources.py:')
+        for r in done:
+            pinned = RELEASED_WEIGHTS[r.tag]._replace(sha256=r.sha256, hub_revision=r.commit or None)
+            print(f'    {r.tag!r}: {pinned!r},')
+    for r in done:
+        print(f'{args.namespace}/{r.tag}@{r.commit}' if r.commit else f'{args.namespace}/{r.tag}: dry run, not uploaded')
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     p_push.add_argument('--commit-message', default='Upload HVT weights converted by timm-hvt')
     p_push.add_argument('--dry-run', action='store_true', help='only check the folder and list what would go up')
     p_push.set_defaults(func=cmd_push)
+
+    p_publish = sub.add_parser(
+        'publish',
+        help='convert the authors\' six released checkpoints and upload them to NAMESPACE/<tag>',
+        description='For each released tag: take the authors\' file (from --sources, under its release file name, '
+                    'else as pretrained=True does: from torch\'s hub cache or downloaded there), print its sha256, '
+                    'convert and verify it as `convert` does into OUT/NAMESPACE/<tag>, and upload that folder to '
+                    'NAMESPACE/<tag>, printing the commit to pin. A failing tag does not stop the others; the exit '
+                    'status is 0 only if every tag succeeded.')
+    p_publish.add_argument('--namespace', required=True, help='hub user or organisation, e.g. timm-hvt')
+    p_publish.add_argument('--sources', default=None, help='folder of the release files (e.g. scale_hvt_ti_4.pth)')
+    p_publish.add_argument('--out', default='hub', help='where to write the folders (default: ./hub)')
+    p_publish.add_argument('--dry-run', action='store_true', help='convert and verify, upload nothing')
+    p_publish.add_argument('--tag', action='append', default=None,
+                           help='only this tag (repeatable), e.g. hvt_ti_1.in1k; default: all six')
+    p_publish.set_defaults(func=cmd_publish)
     parser.set_defaults(func=cmd_list)
     return parser
 
@@ -134,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at interpreter exit
+    except BrokenPipeError:  # the reader went away (`timm-hvt | head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer stopped by a closed pipe
+    return status
 
 
 if __name__ == '__main__':

@@ -218,6 +218,8 @@ def convert_checkpoint(
 
 def check_hub_folder(folder: str) -> List[Tuple[str, int]]:
     """The files (name, bytes) of a hub folder, after checking it is one `timm-hvt convert` writes."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{folder} not found: expected a folder written by `timm-hvt convert`')
     missing = [name for name in HUB_FOLDER_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise FileNotFoundError(f'{folder} lacks {", ".join(missing)}; write it with `timm-hvt convert`')
@@ -236,14 +238,16 @@ def push_folder(
         revision: Optional[str] = None,
         commit_message: str = 'Upload HVT weights converted by timm-hvt',
         dry_run: bool = False,
-) -> List[Tuple[str, int]]:
+) -> Tuple[List[Tuple[str, int]], Optional[str]]:
     """Upload a hub folder's files to `repo_id` (created if needed); the token comes from the HF environment /
-    login. With `dry_run`, only check the folder and return what would go up."""
+    login. Returns the files (name, bytes) and the commit made (None for a `dry_run`, which only checks the
+    folder)."""
     files = check_hub_folder(folder)
-    if not dry_run:
-        from huggingface_hub import HfApi
-        api = HfApi()
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=[name for name, _ in files],
-                          commit_message=commit_message, revision=revision)
-    return files
+    if dry_run:
+        return files, None
+    from huggingface_hub import HfApi
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=[name for name, _ in files],
+                               commit_message=commit_message, revision=revision)
+    return files, commit.oid

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type, Union
 
 __all__ = [
     'HF_HUB_NAMESPACE', 'RELEASED_WEIGHTS', 'PretrainedWeightsUnavailable', 'ReleasedWeights', 'add_note',
-    'fetch_pretrained', 'fetch_release', 'hub_id', 'release_url', 'sha256_of',
+    'describe_error', 'fetch_pretrained', 'fetch_release', 'hub_id', 'release_url', 'sha256_of',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -72,6 +72,12 @@ def add_note(e: BaseException, note: str) -> None:
     """Name the file an error came from without changing its type or message (Python >= 3.11 shows notes)."""
     if hasattr(e, 'add_note'):
         e.add_note(note)
+
+
+def describe_error(e: BaseException) -> str:
+    """An error as one line: its type, message and notes."""
+    text = ' '.join([*str(e).split(), *' '.join(getattr(e, '__notes__', ())).split()])
+    return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:

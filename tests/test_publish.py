@@ -1,0 +1,119 @@
+"""`timm-hvt publish`: every released tag's checkpoint converted, verified and uploaded (here: to a fake hub client)
+with what it takes to pin it, offline, on files in the authors' layout named as in their release."""
+import hashlib
+import json
+
+import pytest
+import timm
+
+import timm_hvt.sources
+from _weights_helpers import assert_weights, caches, fake_hub, save_authors_checkpoint
+from timm_hvt import cli
+from timm_hvt.sources import RELEASED_WEIGHTS, ReleasedWeights
+
+HUB_FILES = ['README.md', 'config.json', 'model.safetensors']
+
+
+def _file_name(tag: str) -> str:
+    return RELEASED_WEIGHTS[tag].release.rsplit('/', 1)[-1]
+
+
+@pytest.fixture(scope='module')
+def release_files(tmp_path_factory):
+    """The six release files (random weights of the real shapes), with their sha256 and state dicts."""
+    folder = tmp_path_factory.mktemp('release')
+    files = {}
+    for seed, tag in enumerate(RELEASED_WEIGHTS):
+        path = folder / _file_name(tag)
+        state_dict = save_authors_checkpoint(path, tag.split('.')[0], seed=seed)
+        files[tag] = dict(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), state_dict=state_dict)
+    return folder, files
+
+
+class _FakeHfApi:
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type('RepoUrl', (), {'repo_id': repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.uploads.append((repo_id, folder_path, kwargs))
+        return type('CommitInfo', (), {'oid': hashlib.sha1(repo_id.encode()).hexdigest()})()
+
+
+def test_dry_run_converts_all_six_and_prints_what_to_pin(release_files, caches, tmp_path, capsys):
+    caches.offline()  # with --sources nothing is fetched
+    folder, files = release_files
+    out = tmp_path / 'out'
+    assert cli.main(['publish', '--namespace', 'my-org', '--sources', str(folder), '--out', str(out), '--dry-run']) == 0
+    printed = capsys.readouterr().out
+    assert '6 of 6 tags converted' in printed
+    for tag, file in files.items():
+        hub_folder = out / 'my-org' / tag
+        assert sorted(p.name for p in hub_folder.iterdir()) == HUB_FILES
+        assert json.loads((hub_folder / 'config.json').read_text())['architecture'] == tag.split('.')[0]
+        assert f"timm.create_model('hf-hub:my-org/{tag}', pretrained=True)" in (hub_folder / 'README.md').read_text()
+        assert file['sha256'] in printed
+        pin = ReleasedWeights(RELEASED_WEIGHTS[tag].release, sha256=file['sha256'])
+        assert f'    {tag!r}: {pin!r},' in printed.splitlines()  # the table row, ready to paste
+        assert f'my-org/{tag}: dry run, not uploaded' in printed
+    model = timm.create_model(f'local-dir:{out / "my-org" / "hvt_s_4.in1k"}', pretrained=True)
+    assert_weights(model, files['hvt_s_4.in1k']['state_dict'])
+
+
+def test_upload_prints_the_commits_and_a_failing_tag_does_not_stop_the_others(
+        release_files, caches, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    caches.offline()
+    monkeypatch.setattr(huggingface_hub, 'HfApi', _FakeHfApi)
+    _FakeHfApi.uploads.clear()
+    folder, files = release_files
+    sources = tmp_path / 'sources'  # hvt_ti_1's file, a damaged hvt_s_0 file, the other four missing
+    sources.mkdir()
+    (sources / _file_name('hvt_ti_1.in1k')).symlink_to(files['hvt_ti_1.in1k']['path'])
+    (sources / _file_name('hvt_s_0.in1k')).write_bytes(b'not a checkpoint ' * 100)
+    out = tmp_path / 'out'
+    assert cli.main(['publish', '--namespace', 'my-org', '--sources', str(sources), '--out', str(out)]) == 1
+    printed = capsys.readouterr().out
+    commit = hashlib.sha1(b'my-org/hvt_ti_1.in1k').hexdigest()
+    assert f'my-org/hvt_ti_1.in1k@{commit}' in printed.splitlines()
+    pin = ReleasedWeights('v1.0/hvt_ti_1.pth', sha256=files['hvt_ti_1.in1k']['sha256'], hub_revision=commit)
+    assert f"    'hvt_ti_1.in1k': {pin!r}," in printed.splitlines()
+    assert [(repo, folder) for repo, folder, _ in _FakeHfApi.uploads] == [
+        ('my-org/hvt_ti_1.in1k', str(out / 'my-org' / 'hvt_ti_1.in1k'))]
+    failed = {line.split(':')[0]: line for line in printed.splitlines() if ': FAILED: ' in line}
+    assert sorted(failed) == sorted(tag for tag in RELEASED_WEIGHTS if tag != 'hvt_ti_1.in1k')
+    assert str(sources / _file_name('hvt_s_0.in1k')) in failed['hvt_s_0.in1k']
+    for tag in ('hvt_s_1.in1k', 'hvt_s_4.in1k'):
+        assert 'not found' in failed[tag] and str(sources / _file_name(tag)) in failed[tag]
+    assert '1 of 6 tags converted and uploaded' in printed
+    assert sorted(p.name for p in (out / 'my-org').iterdir()) == ['hvt_ti_1.in1k']
+
+
+@pytest.mark.parametrize('known_sha256', ['right', 'wrong'])
+def test_without_sources_it_takes_the_release_route(caches, tmp_path, monkeypatch, capsys, known_sha256):
+    source = tmp_path / 'hvt_ti_1.pth'
+    save_authors_checkpoint(source, 'hvt_ti_1', seed=3)
+    data = source.read_bytes()
+    digest = hashlib.sha256(data if known_sha256 == 'right' else b'another file').hexdigest()
+    with fake_hub() as hub:
+        caches.endpoint(hub.url)
+        hub.files['/releases/v1.0/hvt_ti_1.pth'] = data
+        monkeypatch.setattr(timm_hvt.sources, 'RELEASE_URL', hub.url + '/releases/{release}')
+        monkeypatch.setitem(RELEASED_WEIGHTS, 'hvt_ti_1.in1k', ReleasedWeights('v1.0/hvt_ti_1.pth', sha256=digest))
+        status = cli.main(['publish', '--namespace', 'o', '--tag', 'hvt_ti_1.in1k', '--out', str(tmp_path / 'out'),
+                           '--dry-run'])
+    printed = capsys.readouterr().out
+    cached = caches.torch_checkpoints / 'hvt_ti_1.pth'
+    if known_sha256 == 'right':
+        assert status == 0 and cached.read_bytes() == data and f'source {cached}, sha256 {digest}' in printed
+    else:  # the download is refused, nothing is cached, nothing converted
+        assert status == 1 and not cached.exists() and not (tmp_path / 'out').exists()
+        assert 'hvt_ti_1.in1k: FAILED: ' in printed and digest[:16] in printed
+
+
+def test_unknown_tag_is_named(caches, capsys):
+    assert cli.main(['publish', '--namespace', 'o', '--tag', 'hvt_ti_2.in1k', '--dry-run']) == 1
+    err = capsys.readouterr().err
+    assert 'hvt_ti_2.in1k' in err and 'hvt_ti_1.in1k' in err and err.count('\n') == 1
