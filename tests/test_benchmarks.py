@@ -44,6 +44,9 @@ def test_quick_rows_and_columns(out):
     assert len(tg) == 8 and set(tg.met) <= {'yes', 'no', 'not measured'}
     # --quick compiles nothing, and the subset leaves out hvt_s_*: exactly those rows are not measured
     assert list(tg.met == 'not measured') == ['compile' in t or 'hvt_s_' in t for t in tg.iloc[:, 0]]
+    # ours against the authors': never slower, in every mode (a larger lead is out of reach on the same kernels)
+    vs = tg[tg.iloc[:, 0].str.contains('ours / authors')]
+    assert len(vs) == 6 and (pd.to_numeric(vs.goal) == 1.0).all(), vs
 
     prof = pd.read_csv(out / 'profile.csv')
     assert set(prof.impl) == {'ours', 'authors'} and 'GEMM' in set(prof.ops)
