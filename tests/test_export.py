@@ -1,9 +1,12 @@
-"""Export: torch.export and ONNX (run with onnxruntime) give the eager outputs, with a dynamic batch.
+"""Export: torch.export and ONNX (run with onnxruntime) give the eager outputs, with a dynamic batch; TorchScript,
+FX and torch.export of a `dynamic_img_size` model give them at any input size.
 
 Each model is captured once with torch.export (batch dimension symbolic); the ONNX model is translated from that
 same ExportedProgram by torch.onnx.export (the dynamo exporter), checked with onnx.checker and run in onnxruntime.
-Outputs must match eager within RTOL of the largest logit: the other runtime's kernels round differently, so the
-bound is relative to the size of the values.
+The dynamic-size model is scripted (built under timm's set_scriptable), traced (torch.fx.symbolic_trace and timm's
+create_feature_extractor) and exported with a symbolic height and width, each run at a square and a non-square
+size. Outputs must match eager within RTOL of the largest logit: the other runtime's kernels round differently, so
+the bound is relative to the size of the values.
 Needs the `test` extra (onnx, onnxscript, onnxruntime); without it these tests fail, they do not skip.
 """
 import numpy as np
@@ -14,6 +17,8 @@ import pytest
 import torch
 
 import timm
+from timm.layers import set_scriptable
+from timm.models import create_feature_extractor
 
 RTOL = 1e-4
 CASES = {
@@ -82,3 +87,61 @@ def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
         diff, scale = float(np.abs(out - ref).max()), float(np.abs(ref).max())
         print(f'onnxruntime {name} batch {x.shape[0]}: max abs diff {diff:.2e} (|logits| max {scale:.2f})')
         assert diff <= RTOL * scale
+
+
+# 4 blocks pooled after blocks 0 and 2, built for 96x96 (a 6x6 patch grid) and run at 6x6 and 4x8
+DYNAMIC_SIZES = ((96, 96), (64, 128))
+
+
+@pytest.fixture(scope='module')
+def dynamic_model():
+    torch.manual_seed(0)
+    with set_scriptable(True):
+        model = timm.create_model('hvt_ti_2', img_size=96, depth=4, num_classes=10, dynamic_img_size=True).eval()
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(2, 3, h, w, generator=g) for h, w in DYNAMIC_SIZES]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+    return model, inputs, expected
+
+
+def _assert_matches_eager(what, outputs, expected):
+    for x, out, ref in zip(DYNAMIC_SIZES, outputs, expected):
+        assert out.shape == ref.shape
+        diff, scale = (out - ref).abs().max().item(), ref.abs().max().item()
+        print(f'{what} at {x[0]}x{x[1]}: max abs diff {diff:.2e} (|logits| max {scale:.2f})')
+        assert diff <= RTOL * scale
+
+
+def test_torchscript_at_any_size(dynamic_model):
+    model, inputs, expected = dynamic_model
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        _assert_matches_eager('TorchScript', [scripted(x) for x in inputs], expected)
+    with pytest.raises((ValueError, torch.jit.Error), match='2x2'):  # the size check is scripted too: 2x2 is too few
+        scripted(torch.randn(1, 3, 32, 32))
+
+
+def test_fx_at_any_size(dynamic_model):
+    model, inputs, expected = dynamic_model
+    traced = torch.fx.symbolic_trace(model)
+    extractor = create_feature_extractor(model, return_nodes={'head': 'logits'})
+    with torch.no_grad():
+        _assert_matches_eager('torch.fx', [traced(x) for x in inputs], expected)
+        _assert_matches_eager('create_feature_extractor', [extractor(x)['logits'] for x in inputs], expected)
+    for graph in (traced, extractor):
+        with pytest.raises(ValueError, match='2x2'):
+            graph(torch.randn(1, 3, 32, 32))
+
+
+def test_torch_export_at_any_size(dynamic_model):
+    model, inputs, expected = dynamic_model
+    # timm's PatchEmbed takes whole patches only (no dynamic padding): height and width in multiples of 16
+    dims = {0: torch.export.Dim('batch', min=1, max=64), 2: 16 * torch.export.Dim('rows', min=3, max=32),
+            3: 16 * torch.export.Dim('columns', min=3, max=32)}
+    program = torch.export.export(model, (torch.randn(2, 3, 80, 112),), dynamic_shapes={'x': dims})
+    shape = program.graph_module.graph.find_nodes(op='placeholder')[-1].meta['val'].shape
+    assert all(isinstance(shape[i], torch.SymInt) for i in dims), f'specialised: {shape}'
+    module = program.module()
+    with torch.no_grad():
+        _assert_matches_eager('torch.export', [module(x) for x in inputs], expected)

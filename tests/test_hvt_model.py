@@ -1,7 +1,7 @@
 """The HVT models against the spec (../shared/HVT.md) and the paper's table, and timm's model API on them.
 
 Every one of the ten variants is checked here (structure, params / GMACs, a training step); timm's own model
-suite (test_timm_conformance.py) runs on representative variants only. Models are built on the meta device
+suite (test_timm_conformance.py) runs on one variant per pooling count. Models are built on the meta device
 wherever no values are needed. Errors are checked by type and by the facts they must name, not by wording.
 """
 import copy
@@ -14,7 +14,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import create_optimizer_v2
 
 from timm_hvt.flops import count_gmacs, count_params
-from timm_hvt.hvt import HierarchicalVisionTransformer, pool_block_indices, pool_tokens
+from timm.models.vision_transformer import Block
+
+from timm_hvt.hvt import HierarchicalVisionTransformer, PoolingBlock, pool_block_indices, pool_tokens
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
 VARIANTS = [f'hvt_{size}_{m}' for size in ('ti', 's') for m in range(5)]
@@ -175,20 +177,40 @@ def test_token_pooling_over_kernel3_stride2_along_tokens(pool_type):
 
 
 @pytest.mark.parametrize('pool_type', ['max', 'avg'])
-def test_pooling_is_the_same_with_and_without_autograd(pool_type):
-    # inference pools strided token slices in place; training uses torch's pooling (whose backward is one scatter)
+def test_pool_tokens_values_and_gradients(pool_type):
+    # one implementation for training and inference: the windows' max / mean, and their gradient
     tokens = torch.randn(2, 50, 16, requires_grad=True)
-    trained = pool_tokens(tokens, 3, 2, pool_type)
-    with torch.no_grad():
-        inferred = pool_tokens(tokens, 3, 2, pool_type)
-    assert trained.shape == inferred.shape == (2, 24, 16) and inferred.is_contiguous() and trained.is_contiguous()
-    assert torch.equal(trained.detach(), inferred)
+    pooled = pool_tokens(tokens, 3, 2, pool_type)
     reduce = {'max': lambda w: w.amax(dim=1), 'avg': lambda w: w.mean(dim=1)}[pool_type]
     windows = torch.stack([reduce(tokens[:, 2 * j:2 * j + 3]) for j in range(24)], dim=1)
+    assert pooled.shape == (2, 24, 16) and pooled.is_contiguous()
+    torch.testing.assert_close(pooled, windows)
+    with torch.no_grad():
+        assert torch.equal(pool_tokens(tokens, 3, 2, pool_type), pooled.detach())
     weights = torch.randn(2, 24, 16)
-    grad, = torch.autograd.grad((trained * weights).sum(), tokens)
+    grad, = torch.autograd.grad((pooled * weights).sum(), tokens)
     expected, = torch.autograd.grad((windows * weights).sum(), tokens)
     torch.testing.assert_close(grad, expected)
+
+
+def test_pooling_block_is_timms_block_then_pooling():
+    """PoolingBlock takes Block's arguments (attn_mask, is_causal) and computes what Block computes, then pools;
+    scripted, it gives what it gives eagerly (TorchScript runs a restatement of Block's forward)."""
+    torch.manual_seed(0)
+    pooling = PoolingBlock(32, 2, seq_len=7, qkv_bias=True).eval()
+    block = Block(32, 2, qkv_bias=True).eval()
+    block.load_state_dict({k: v for k, v in pooling.state_dict().items() if k != 'pos_embed'})
+    torch.nn.init.normal_(pooling.pos_embed)
+    scripted = torch.jit.script(pooling)
+    x = torch.randn(2, 16, 32)
+    mask = torch.randn(16, 16)
+    with torch.no_grad():
+        for kwargs in ({}, dict(attn_mask=mask), dict(is_causal=True)):
+            expected = pool_tokens(block(x, **kwargs), 3, 2) + pooling.pos_embed
+            out = pooling(x, **kwargs)
+            torch.testing.assert_close(out, expected)
+            torch.testing.assert_close(scripted(x, **kwargs), out)
+        assert not torch.allclose(pooling(x, attn_mask=mask), pooling(x))  # the mask reaches the attention
 
 
 def test_class_token_is_kept_out_of_the_pooling():
@@ -304,10 +326,9 @@ def test_forward_intermediates_tokens_per_block():
     torch.testing.assert_close(final, model.forward_features(x))
     only = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
     torch.testing.assert_close(only[0], inter[1])
-    with pytest.raises(ValueError, match="output_fmt='NLC'"):
-        model.forward_intermediates(x, output_fmt='NCHW')
-    unpooled = _small(num_pool_stages=0).eval()
-    assert unpooled.forward_intermediates(x, output_fmt='NCHW')[1][0].shape == (2, 64, 8, 8)
+    for model in (model, _small(num_pool_stages=0)):  # pooled tokens form no 2D map: NLC only, with or without M
+        with pytest.raises(ValueError, match='NLC'):
+            model.forward_intermediates(x, output_fmt='NCHW')
 
 
 @pytest.mark.smoke
@@ -383,6 +404,16 @@ def test_init_follows_deit():
     assert all((blk.attn.qkv.bias == 0).all() for blk in model.blocks)
     assert (model.head.bias == 0).all() and 0.015 < model.head.weight.std().item() < 0.025
     assert (model.norm.weight == 1).all() and (model.norm.bias == 0).all()
+
+
+def test_init_weights_modes():
+    model = _small(num_classes=7)
+    model.init_weights('jax')  # timm's ViT modes, by position as in timm: a zero head is the JAX init's mark
+    assert (model.head.weight == 0).all()
+    model.init_weights()
+    assert 0.01 < model.head.weight.std().item() < 0.03
+    with pytest.raises(ValueError, match='init mode'):
+        model.init_weights('nope')
 
 
 def test_drop_path_increases_linearly():

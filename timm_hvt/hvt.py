@@ -11,7 +11,6 @@ authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their che
 """
 import logging
 import math
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -24,8 +23,10 @@ from timm.layers import (
     LayerNorm,
     LayerType,
     PatchEmbed,
+    calculate_drop_path_rates,
     get_act_layer,
     get_norm_layer,
+    register_notrace_function,
     resample_abs_pos_embed,
     resample_patch_embed,
     to_2tuple,
@@ -41,7 +42,7 @@ from timm.models import (
     register_model,
     register_model_deprecations,
 )
-from timm.models.vision_transformer import Block, global_pool_nlc, init_weights_vit_timm
+from timm.models.vision_transformer import Block, get_init_weights_vit, global_pool_nlc
 
 # Private timm names, two in all. feature_take_indices: timm's own index rules for forward_intermediates and
 # prune_intermediate_layers (every timm model uses it; timm.models does not export it).
@@ -54,15 +55,13 @@ except ImportError:
 from .paper import ARXIV_ID, PAPER_RESULTS
 from .sources import HF_HUB_NAMESPACE, pretrained_file, reading_weights
 
-__all__ = [
-    'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'pool_tokens', 'pooled_seq_lens',
-    'resample_pos_embed_1d',
-]
+__all__ = ['HierarchicalVisionTransformer']
 
 _logger = logging.getLogger(__name__)
 
 GLOBAL_POOL_TYPES = ('', 'avg', 'avgmax', 'max', 'token')
 POOL_TYPES = ('max', 'avg')
+INIT_MODES = ('', 'jax', 'jax_nlhb', 'moco', 'reset')  # timm's ViT init modes; '' is DeiT's (the authors')
 
 
 def pool_block_indices(
@@ -101,7 +100,7 @@ def pooled_seq_lens(
         where: str = '',
 ) -> List[int]:
     """Sequence length after each of `num_pools` poolings; ValueError if one would get fewer tokens than its kernel."""
-    lens = []
+    lens: List[int] = []
     for i in range(num_pools):
         if num_tokens < kernel_size:
             raise ValueError(
@@ -115,23 +114,15 @@ def pooled_seq_lens(
 
 def pool_tokens(x: torch.Tensor, kernel_size: int, stride: int, pool_type: str = 'max') -> torch.Tensor:
     """Max (or mean) pooling along the token axis of (B, N, C) tokens: (B, (N - kernel_size) // stride + 1, C),
-    contiguous. Without autograd, the max of `kernel_size` token slices `stride` apart, with no transpose or copy
-    (3-4x faster); with it, torch's pooling on the transposed tokens, whose backward is a single scatter. Both give
-    the same values, bit for bit."""
-    if x.requires_grad:
-        x = x.transpose(1, 2)
-        x = F.max_pool1d(x, kernel_size, stride) if pool_type == 'max' else F.avg_pool1d(x, kernel_size, stride)
-        # contiguous: the transposed strides would otherwise survive every later residual add (each norm copying)
-        return x.transpose(1, 2).contiguous()
-    span = (x.shape[1] - kernel_size) // stride * stride + 1
-    out = x[:, 0:span:stride]
-    for i in range(1, kernel_size):
-        window = x[:, i:i + span:stride]
-        out = torch.maximum(out, window) if pool_type == 'max' else out + window
-    return out if pool_type == 'max' else out / kernel_size
-
-
-torch.fx.wrap('pool_tokens')  # a leaf for FX tracing: its branch depends on the tensor
+    contiguous."""
+    # the tokens seen as a channels-last (B, C, 1, N) image: torch's 2D pooling runs on them without a transposed
+    # copy, and keeps the token count symbolic under torch.export (max_pool1d does not)
+    x = x.unsqueeze(1).permute(0, 3, 1, 2)
+    if pool_type == 'max':
+        x = F.max_pool2d(x, (1, kernel_size), (1, stride))
+    else:
+        x = F.avg_pool2d(x, (1, kernel_size), (1, stride))
+    return x.permute(0, 2, 3, 1).squeeze(1).contiguous()
 
 
 def resample_pos_embed_1d(posemb: torch.Tensor, new_len: int, interpolation: str = 'linear') -> torch.Tensor:
@@ -141,8 +132,28 @@ def resample_pos_embed_1d(posemb: torch.Tensor, new_len: int, interpolation: str
     return posemb.transpose(1, 2).to(orig_dtype)
 
 
+@torch.fx.wrap  # a leaf for plain torch.fx.symbolic_trace too, which knows only its own (as timm's pos_embed.py does)
+@register_notrace_function  # a leaf in timm's FX graphs: the size check needs concrete sizes
+def grid_pos_embed(
+        pos_embed: torch.Tensor,
+        grid_size: List[int],
+        embed_grid_size: List[int],
+        num_pools: int,
+        pool_kernel_size: int = 3,
+        pool_stride: int = 2,
+) -> torch.Tensor:
+    """The patch-grid position embedding of a `dynamic_img_size` model resampled to an input's `grid_size`; a
+    ValueError when that grid has too few patches for `num_pools` poolings."""
+    if torch.jit.is_scripting() or not torch.compiler.is_compiling():  # compiled and exported: symbolic sizes
+        pooled_seq_lens(
+            grid_size[0] * grid_size[1], num_pools, pool_kernel_size, pool_stride,
+            f' at a {grid_size[0]}x{grid_size[1]} patch grid')
+    return resample_abs_pos_embed(pos_embed, new_size=grid_size, old_size=embed_grid_size, num_prefix_tokens=0)
+
+
 class PoolingBlock(Block):
-    """A timm ViT block whose output tokens are pooled along the sequence, then given a new position embedding.
+    """timm's ViT block followed by HVT's token pooling: the block's output tokens are pooled along the sequence,
+    then given a new position embedding.
 
     Prefix (class) tokens are kept out of the pooling and get no position embedding.
     """
@@ -174,10 +185,18 @@ class PoolingBlock(Block):
         self.pool_type = pool_type
         self.pos_embed = nn.Parameter(torch.empty(1, seq_len, dim, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the residual branches of timm's Block.forward, which TorchScript won't let a subclass call
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+    def forward(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+    ) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript cannot call super().forward: Block.forward's body, held to it by the scripting tests
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+            x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        else:
+            x = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if self.num_prefix_tokens:
             prefix, x = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         else:
@@ -197,6 +216,10 @@ class HierarchicalVisionTransformer(nn.Module):
 
     A PyTorch impl of : `Scalable Vision Transformers with Hierarchical Pooling`
         - https://arxiv.org/abs/2103.10619
+
+    Features (`features_only`, `forward_intermediates`) are token sequences (NLC). Their `feature_info` reduction is
+    how many pixels apart neighbouring tokens of the raster-ordered sequence are: the patch size, doubled by each
+    pooling. Pooled tokens form no 2D map, so past the first pooling it is not a spatial stride.
     """
     dynamic_img_size: Final[bool]
 
@@ -269,7 +292,7 @@ class HierarchicalVisionTransformer(nn.Module):
             raise ValueError(f'pool_type must be one of {POOL_TYPES}, got {pool_type!r}')
         if embed_dim % num_heads:
             raise ValueError(f'embed_dim={embed_dim} is not divisible by num_heads={num_heads}')
-        norm_layer = get_norm_layer(norm_layer) or partial(LayerNorm, eps=1e-6)
+        norm_layer = get_norm_layer(norm_layer) or LayerNorm
         act_layer = get_act_layer(act_layer) or nn.GELU
 
         self.num_classes = num_classes
@@ -300,7 +323,7 @@ class HierarchicalVisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches, embed_dim, **dd))
         self.pos_drop = nn.Dropout(p=pos_drop_rate)
 
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as in DeiT
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)  # linear, as in DeiT
         block_kwargs = dict(
             dim=embed_dim,
             num_heads=num_heads,
@@ -343,8 +366,8 @@ class HierarchicalVisionTransformer(nn.Module):
             grid_size[0] * grid_size[1], len(self.pool_blocks), self.pool_kernel_size, self.pool_stride, where)
 
     def _feature_info(self) -> List[Dict[str, Any]]:
-        # reduction: how far apart in pixels neighbouring tokens of the flattened sequence are
-        reduction = self.patch_embed.patch_size[0]
+        # reduction: the token spacing along the raster-ordered sequence, not a 2D stride (see the class docstring)
+        reduction = self.patch_embed.patch_size[1]
         info = []
         for i in range(len(self.blocks)):
             if i in self.pool_blocks:
@@ -352,14 +375,24 @@ class HierarchicalVisionTransformer(nn.Module):
             info.append(dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=reduction))
         return info
 
-    def init_weights(self, needs_reset: bool = True) -> None:
-        """DeiT's init: trunc_normal(.02) for Linear weights and position embeddings, zero biases, LN 1/0."""
+    def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
+        """Initialize the weights: every position embedding trunc_normal(.02), then timm's ViT init of `mode`.
+
+        Args:
+            mode: '' for DeiT's init, the authors' (trunc_normal(.02) Linear weights, zero biases, LN 1/0), or
+                one of timm's other ViT modes ('jax', 'jax_nlhb', 'moco', 'reset').
+            needs_reset: Call reset_parameters() on the modules that have it; False when they have just
+                initialized themselves.
+        """
+        if mode not in INIT_MODES:
+            raise ValueError(f'init mode must be one of {INIT_MODES}, got {mode!r}')
         for name, param in self.named_parameters():
             if name.endswith('pos_embed'):
                 trunc_normal_(param, std=.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        named_apply(partial(init_weights_vit_timm, needs_reset=needs_reset), self)
+        head_bias = -math.log(self.num_classes) if mode == 'jax_nlhb' and self.num_classes > 0 else 0.
+        named_apply(get_init_weights_vit(mode, head_bias, needs_reset=needs_reset), self)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -425,12 +458,13 @@ class HierarchicalVisionTransformer(nn.Module):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_img_size:
             B, H, W, C = x.shape
-            self._check_seq_len(H, W)
-            pos_embed = resample_abs_pos_embed(
+            pos_embed = grid_pos_embed(
                 self.pos_embed,
-                new_size=(H, W),
-                old_size=self.patch_embed.grid_size,
-                num_prefix_tokens=0,
+                [H, W],
+                list(self.patch_embed.grid_size),
+                len(self.pool_blocks),
+                self.pool_kernel_size,
+                self.pool_stride,
             )
             x = x.view(B, -1, C)
         else:
@@ -441,11 +475,6 @@ class HierarchicalVisionTransformer(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(x)
-
-    @torch.jit.ignore
-    def _check_seq_len(self, H: int, W: int) -> None:
-        if not torch.compiler.is_compiling():  # also True under torch.export
-            self._pooled_seq_lens((H, W))
 
     def forward_intermediates(
             self,
@@ -465,15 +494,14 @@ class HierarchicalVisionTransformer(nn.Module):
             return_prefix_tokens: Return (tokens, prefix tokens) pairs when the model has a class token.
             norm: Apply the final norm layer to all intermediates.
             stop_early: Stop iterating over blocks when last desired intermediate hit.
-            output_fmt: 'NLC' (B, tokens, C). 'NCHW' is possible only for blocks before the first pooling.
+            output_fmt: 'NLC' (B, tokens, C), the only one: HVT's 1D-pooled tokens form no 2D map.
             intermediates_only: Only return intermediate features.
         """
-        if output_fmt not in ('NLC', 'NCHW'):
-            raise ValueError(f"output_fmt must be 'NLC' or 'NCHW', got {output_fmt!r}")
+        if output_fmt != 'NLC':
+            raise ValueError(f"output_fmt must be 'NLC' (HVT's pooled tokens form no 2D map), got {output_fmt!r}")
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
 
-        B, _, height, width = x.shape
         x = self.patch_embed(x)
         x = self._pos_embed(x)
 
@@ -494,15 +522,6 @@ class HierarchicalVisionTransformer(nn.Module):
             intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         else:
             prefix_tokens = None
-
-        if output_fmt == 'NCHW':
-            H, W = self.patch_embed.dynamic_feat_size((height, width))
-            for y in intermediates:
-                if y.shape[1] != H * W:
-                    raise ValueError(
-                        f"output_fmt='NCHW' needs the {H}x{W} patch grid, but a requested block outputs "
-                        f"{y.shape[1]} tokens after HVT's 1D pooling; use output_fmt='NLC'")
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
 
         if not torch.jit.is_scripting() and return_prefix_tokens and prefix_tokens is not None:
             intermediates = list(zip(intermediates, prefix_tokens))
@@ -689,18 +708,21 @@ def hvt_ti_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransforme
 
 @register_model
 def hvt_ti_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-Ti with 2 pooling stages, after blocks 0 and 6 (not in the paper; no released weights)."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=2)
     return _create_hvt('hvt_ti_2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-Ti with 3 pooling stages, after blocks 0, 4 and 8 (not in the paper; no released weights)."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=3)
     return _create_hvt('hvt_ti_3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
+    """HVT-Ti with 4 pooling stages, after blocks 0, 3, 6 and 9 (not in the paper; no released weights)."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=4)
     return _create_hvt('hvt_ti_4', pretrained=pretrained, **dict(model_args, **kwargs))
 
