@@ -1,9 +1,11 @@
-"""checkpoint_filter_fn: which checkpoint forms fit, what it resamples, how another variant is reported; and
-`model.load_state_dict` keeping torch's own semantics."""
+"""checkpoint_filter_fn: which checkpoint forms fit, what it resamples (between any two patch grids, from the grid
+the checkpoint's metadata states), how another variant is reported; and `model.load_state_dict` keeping torch's own
+semantics."""
 import pytest
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
+from timm.models import save_for_hf
 
 import reference_hvt
 from _weights_helpers import TINY, save_hub_weights
@@ -40,6 +42,71 @@ def test_filter_resamples_to_the_model_size():
     torch.testing.assert_close(out['blocks.0.pos_embed'], resample_pos_embed_1d(sd['blocks.0.pos_embed'], 127))
     assert out['patch_embed.proj.weight'].shape == (192, 3, 20, 20)
     model.load_state_dict(out)  # strict: every key and shape fits
+
+
+def _at_grid(grid, **kwargs):
+    """A 2-block hvt_ti_1 for a (rows, columns) grid of 16-pixel patches."""
+    return timm.create_model('hvt_ti_1', img_size=(16 * grid[0], 16 * grid[1]), **TINY, **kwargs)
+
+
+def _pooled_len(grid):
+    return (grid[0] * grid[1] - 3) // 2 + 1
+
+
+def _assert_moved(out, sd, source, target):
+    torch.testing.assert_close(out['pos_embed'], resample_abs_pos_embed(sd['pos_embed'], list(target), list(source), 0))
+    expected_1d = sd['blocks.0.pos_embed']
+    if _pooled_len(source) != _pooled_len(target):
+        expected_1d = resample_pos_embed_1d(expected_1d, _pooled_len(target))
+    torch.testing.assert_close(out['blocks.0.pos_embed'], expected_1d)
+
+
+GRID_MOVES = [((14, 20), (16, 16)), ((16, 16), (20, 14)), ((14, 20), (20, 14))]
+
+
+@pytest.mark.parametrize('source, target', GRID_MOVES)
+def test_filter_moves_a_checkpoint_between_patch_grids(source, target):
+    torch.manual_seed(0)
+    sd = _at_grid(source).state_dict()
+    stated = dict(pretrained_cfg_overlay=dict(input_size=(3, 16 * source[0], 16 * source[1])))
+    out = checkpoint_filter_fn(sd, _at_grid(target, **stated))
+    _assert_moved(out, sd, source, target)
+    assert not torch.equal(out['pos_embed'][:, :5], sd['pos_embed'][:, :5])  # a 280 -> 280 move is resampled too
+    if source[0] == source[1]:  # a square grid needs no metadata
+        _assert_moved(checkpoint_filter_fn(sd, _at_grid(target)), sd, source, target)
+
+
+@pytest.mark.parametrize('source, target', GRID_MOVES)
+def test_pretrained_file_moves_between_patch_grids(source, target, tmp_path):
+    """timm's own route (pretrained_cfg_overlay file, as --pretrained-path): the overlay states the file's size."""
+    torch.manual_seed(0)
+    sd = _at_grid(source).state_dict()
+    path = save_hub_weights(tmp_path / 'model.safetensors', sd)
+    overlay = dict(file=str(path), input_size=(3, 16 * source[0], 16 * source[1]))
+    model = _at_grid(target, pretrained=True, pretrained_cfg_overlay=overlay)
+    _assert_moved(model.state_dict(), sd, source, target)
+
+
+@pytest.mark.parametrize('target', [(24, 24), (20, 14)])
+def test_save_for_hf_folder_of_a_non_square_model_loads_at_another_grid(target, tmp_path):
+    """A folder timm's save_for_hf wrote for a 224x320 model records that size (timm >= 1.0.31); timm's local-dir:
+    route hands it to the filter, which resamples from the 14x20 grid, also to the 20x14 one of as many tokens."""
+    torch.manual_seed(0)
+    source = _at_grid((14, 20))
+    save_for_hf(source, str(tmp_path), model_args=dict(TINY, img_size=(224, 320)))
+    model = timm.create_model(f'local-dir:{tmp_path}', pretrained=True, img_size=(16 * target[0], 16 * target[1]))
+    assert model.patch_embed.grid_size == target
+    _assert_moved(model.state_dict(), source.state_dict(), (14, 20), target)
+
+
+def test_checkpoint_grid_that_cannot_be_told_is_named():
+    sd = _at_grid((14, 20)).state_dict()  # 280 tokens: not square, and no metadata states 224x320
+    with pytest.raises(CheckpointMismatchError) as info:
+        checkpoint_filter_fn(sd, _at_grid((16, 16)))
+    assert '280' in str(info.value) and '224x224' in str(info.value)  # the tokens, and what the metadata states
+    # as many tokens as the model's own grid and nothing stated: taken as the model's grid, as timm's ViT does
+    out = checkpoint_filter_fn(sd, _at_grid((14, 20)))
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
 
 
 def test_another_variant_is_named():

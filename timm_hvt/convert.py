@@ -46,24 +46,30 @@ class ConvertResult(NamedTuple):
     max_abs_diff: float
 
 
-def _model_args_for(state_dict: Dict[str, torch.Tensor], model_name: str) -> Dict[str, Any]:
+def _model_args_for(
+        state_dict: Dict[str, torch.Tensor],
+        model_name: str,
+        img_size: Optional[Tuple[int, int]] = None,
+) -> Dict[str, Any]:
     """The create_model kwargs that give `model_name` the checkpoint's head, input channels, patch and image size,
-    where they differ from the variant's defaults."""
+    where they differ from the variant's defaults. The image size is the checkpoint's patch grid, inferred as
+    checkpoint_filter_fn infers it: from `img_size` (the size the weights were trained at, where known) or the
+    variant's pretrained cfg, else a square grid."""
+    from .hvt import source_grid_size  # here: convert.py's imports are not this function's to change
     if 'pos_embed' not in state_dict or 'patch_embed.proj.weight' not in state_dict:
         raise CheckpointMismatchError(
             f'Not an HVT checkpoint: it has no pos_embed / patch_embed.proj.weight (keys: {list(state_dict)[:6]})')
-    kernel, num_tokens = state_dict['patch_embed.proj.weight'].shape, state_dict['pos_embed'].shape[1]
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise CheckpointMismatchError(f'Cannot tell the image size of a {num_tokens}-token pos_embed (not square)')
+    with torch.device('meta'):
+        default = timm.create_model(model_name)
+    kernel = state_dict['patch_embed.proj.weight'].shape
+    grid = source_grid_size(
+        state_dict['pos_embed'].shape[1], kernel[2:], [img_size, default.pretrained_cfg['input_size']])
     found = dict(
         num_classes=state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0,
         in_chans=kernel[1],
         patch_size=tuple(kernel[2:]),
-        img_size=(side * kernel[2], side * kernel[3]),
+        img_size=(grid[0] * kernel[2], grid[1] * kernel[3]),
     )
-    with torch.device('meta'):
-        default = timm.create_model(model_name)
     defaults = dict(
         num_classes=default.num_classes,
         in_chans=default.in_chans,

@@ -600,6 +600,48 @@ def _describe(layout: Dict[str, Any]) -> str:
     return text
 
 
+def source_grid_size(
+        num_tokens: int,
+        patch_size: Sequence[int],
+        img_sizes: Sequence[Any] = (),
+        grid_size: Optional[Sequence[int]] = None,
+) -> Tuple[int, int]:
+    """The patch grid (H, W) a position embedding of `num_tokens` tokens was trained on.
+
+    The grid of the first image size in `img_sizes` (what the checkpoint's metadata states) that gives `num_tokens`
+    patches of `patch_size` (the checkpoint's patch kernel); else `grid_size` (the model's own) when it holds as many
+    tokens; else a square grid. CheckpointMismatchError when none of these fits.
+    """
+    stated = []
+    for size in img_sizes:
+        if size is None:
+            continue
+        height, width = to_2tuple(size) if isinstance(size, int) else tuple(size)[-2:]
+        grid = (height // patch_size[0], width // patch_size[1])
+        if grid[0] * grid[1] == num_tokens:
+            return grid
+        stated.append(f'{height}x{width} gives a {grid[0]}x{grid[1]} grid of {grid[0] * grid[1]}')
+    if grid_size is not None and grid_size[0] * grid_size[1] == num_tokens:
+        return grid_size[0], grid_size[1]
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        return side, side
+    message = f"Cannot tell the patch grid of the checkpoint's pos_embed: {num_tokens} tokens are not a square grid"
+    if stated:
+        message += f', and no stated image size fits (patch {patch_size[0]}x{patch_size[1]}: {"; ".join(stated)})'
+    raise CheckpointMismatchError(
+        f'{message}. State the image size the weights were trained at, e.g. '
+        f'pretrained_cfg_overlay=dict(input_size=(3, H, W))')
+
+
+def _stated_img_sizes(model: nn.Module) -> List[Any]:
+    """The image sizes the metadata of the weights loaded into `model` states: the img_size of the source's model
+    args (timm >= 1.0.31 keeps them for hf-hub: and local-dir: names), then the pretrained cfg's input size."""
+    source_args = getattr(model, 'pretrained_model_args', None) or {}
+    input_size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+    return [source_args.get('img_size'), input_size[-2:] if input_size else None]
+
+
 def checkpoint_filter_fn(
         state_dict: Dict[str, Any],
         model: HierarchicalVisionTransformer,
@@ -608,9 +650,15 @@ def checkpoint_filter_fn(
 ) -> Dict[str, torch.Tensor]:
     """Fit a checkpoint to `model`: the authors' training-script files (weights under 'model'), bare state dicts and
     timm's own exports; 'module.' prefixes are dropped, and the patch-grid position embedding (2D), each pooled
-    stage's embedding (1D) and the patch kernel are resampled to the model's sizes. A checkpoint of another
-    variant raises CheckpointMismatchError naming what it holds and what the model expects. Heads of another
-    class count and kernels of another channel count are left to timm's pretrained loader (or torch's errors)."""
+    stage's embedding (1D) and the patch kernel are resampled to the model's sizes.
+
+    The checkpoint's patch grid is the one its metadata states (the model's pretrained cfg input size, and the
+    source's model args where timm keeps them), else the model's own grid when the token count matches, else a
+    square one (see `source_grid_size`); the embedding is resampled whenever that grid differs from the model's.
+    A checkpoint of another variant raises CheckpointMismatchError naming what it holds and what the model
+    expects. Heads of another class count and kernels of another channel count are left to timm's pretrained
+    loader (or torch's errors).
+    """
     if isinstance(state_dict.get('model'), dict):
         state_dict = state_dict['model']
     state_dict = clean_state_dict({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)})
@@ -622,18 +670,19 @@ def checkpoint_filter_fn(
             f'The checkpoint does not fit {name}: it holds {_describe(have)}; the model expects {_describe(want)}')
 
     kernel = state_dict.get('patch_embed.proj.weight')
+    old_grid = source_grid_size(
+        state_dict['pos_embed'].shape[1],
+        kernel.shape[-2:] if kernel is not None else model.patch_embed.patch_size,
+        _stated_img_sizes(model),
+        model.patch_embed.grid_size,
+    )
+    new_grid = tuple(model.patch_embed.grid_size)
     if kernel is not None and kernel.shape[-2:] != target['patch_embed.proj.weight'][-2:]:
         state_dict['patch_embed.proj.weight'] = resample_patch_embed(
             kernel, list(model.patch_embed.patch_size), interpolation=interpolation, antialias=antialias)
-    num_tokens = state_dict['pos_embed'].shape[1]
-    if num_tokens != target['pos_embed'][1]:
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens:
-            raise CheckpointMismatchError(
-                f'Cannot resample the checkpoint\'s pos_embed of {num_tokens} tokens (not a square patch grid) to '
-                f'the model\'s {model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]} grid')
+    if old_grid != new_grid:
         state_dict['pos_embed'] = resample_abs_pos_embed(
-            state_dict['pos_embed'], new_size=list(model.patch_embed.grid_size), old_size=[side, side],
+            state_dict['pos_embed'], new_size=list(new_grid), old_size=list(old_grid),
             num_prefix_tokens=0, interpolation=interpolation, antialias=antialias)
     for i in want['pooled_after']:
         key, new_len = f'blocks.{i}.pos_embed', target[f'blocks.{i}.pos_embed'][1]
