@@ -4,9 +4,10 @@
 features are tokens rather than a feature map. Only the pretrained-download tests are left out (network).
 The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt).
 
-The suite runs on representative variants only (it takes about 12 s per variant on 2 cores): no pooling (M=0),
-the paper's Ti model (one stage) and the widest, deepest-pooled S model (four stages, with a pretrained tag).
-The ten variants differ only in width and M; tests/test_hvt_model.py checks every one of them.
+The suite runs on one variant of each pooling count M = 0..4 (the variants differ only in width and M;
+tests/test_hvt_model.py checks all ten): hvt_s_4 for M=4, as it has a pretrained tag. All the selected variants
+run in one subprocess of timm's suite (about 12 s per variant on 2 cores); the smoke run at the lowest timm selects
+two of them.
 """
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 
 import timm_hvt  # noqa: F401
 
@@ -30,7 +32,9 @@ REQUIRED_TESTS = (
     'test_model_backward_fx',
     'test_model_forward_fx_torchscript',
 )
-REPRESENTATIVE_MODELS = ('hvt_ti_1', 'hvt_s_4')
+# one variant per pooling count M = 0, 1, 2, 3, 4
+VARIANTS = ('hvt_ti_0', 'hvt_ti_1', 'hvt_ti_2', 'hvt_ti_3', 'hvt_s_4')
+SMOKE_VARIANTS = ('hvt_ti_1', 'hvt_s_4')
 # the tests that need the network to fetch pretrained weights
 NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
 
@@ -76,11 +80,14 @@ def timm_suite(tmp_path_factory) -> Path:
     return suite_dir
 
 
-@pytest.mark.smoke
-@pytest.mark.timeout(450)
-def test_timm_model_suite_passes_for_representative_hvt_models(timm_suite):
+@pytest.fixture(scope='module')
+def suite_outcomes(request, timm_suite):
+    """Runs timm's suite once, in one subprocess, on every variant this module's selected tests ask for; returns
+    {test case name: 'passed' / 'failure' / 'error' / 'skipped'}."""
+    selected = sorted({item.callspec.params['model'] for item in request.session.items
+                       if item.module is request.module and hasattr(item, 'callspec')})
     report = timm_suite / 'report.xml'
-    select = ' or '.join(REPRESENTATIVE_MODELS)  # also selects the tagged names, e.g. hvt_s_4.in1k
+    select = ' or '.join(selected)  # also selects the tagged names, e.g. hvt_s_4.in1k
     deselect = ' and '.join(f'not {t}' for t in NETWORK_TESTS)
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', 'test_models.py', '-q', '-p', 'no:cacheprovider',
@@ -96,22 +103,32 @@ def test_timm_model_suite_passes_for_representative_hvt_models(timm_suite):
             if child.tag in ('failure', 'error', 'skipped'):
                 status = child.tag
         outcomes[case.get('name')] = status
+    others = [case for case in outcomes if not any(case.endswith(f'-{m}]') or f'-{m}.' in case for m in selected)]
+    assert not others, f'other models ran: {others}'
+    return outcomes
 
-    models = [m for m in timm.list_models('hvt_*') if m in REPRESENTATIVE_MODELS]
-    assert models == sorted(REPRESENTATIVE_MODELS)
-    # the config test takes every pretrained tag as a model of its own (hvt_s_4.in1k), the others the bare names
+
+def test_one_variant_per_pooling_count():
+    with torch.device('meta'):
+        assert [len(timm.create_model(m).pool_blocks) for m in VARIANTS] == [0, 1, 2, 3, 4]
+    assert set(SMOKE_VARIANTS) < set(VARIANTS) and len(SMOKE_VARIANTS) >= 2
+
+
+@pytest.mark.timeout(450)
+@pytest.mark.parametrize('model', [pytest.param(m, marks=pytest.mark.smoke) if m in SMOKE_VARIANTS else m
+                                   for m in VARIANTS])
+def test_timm_model_suite_passes(model, suite_outcomes):
+    # the config test takes every pretrained tag as a model of its own (hvt_s_4.in1k), the others the bare name
     tagged = {'test_model_default_cfgs_non_std': [
-        m for m in timm.list_models('hvt_*', include_tags=True) if m.split('.')[0] in REPRESENTATIVE_MODELS]}
+        m for m in timm.list_models('hvt_*', include_tags=True) if m.split('.')[0] == model]}
     batch = {'test_model_backward': 2, 'test_model_backward_fx': 2}
     missing, not_passed = [], []
     for test in REQUIRED_TESTS:
-        for model in tagged.get(test, models):
-            case = f'{test}[{batch.get(test, 1)}-{model}]'
-            if case not in outcomes:
+        for name in tagged.get(test, [model]):
+            case = f'{test}[{batch.get(test, 1)}-{name}]'
+            if case not in suite_outcomes:
                 missing.append(case)
-            elif outcomes[case] != 'passed':
-                not_passed.append(f'{case}: {outcomes[case]}')
+            elif suite_outcomes[case] != 'passed':
+                not_passed.append(f'{case}: {suite_outcomes[case]}')
     assert not missing, f'expected tests were not collected: {missing}'
     assert not not_passed, f'tests did not pass: {not_passed}'
-    others = [case for case in outcomes if not any(f'-{m}' in case for m in REPRESENTATIVE_MODELS)]
-    assert not others, f'other models ran: {others}'
