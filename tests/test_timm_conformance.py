@@ -93,6 +93,8 @@ def suite_outcomes(request, timm_suite):
         [sys.executable, '-m', 'pytest', 'test_models.py', '-q', '-p', 'no:cacheprovider',
          '-k', f'({select}) and {deselect}', f'--junitxml={report}'],
         cwd=timm_suite, capture_output=True, text=True, timeout=420,
+        # as many threads as this process: one per pytest-xdist worker (tests/conftest.py), whose cores it shares
+        env=dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads())),
     )
     assert proc.returncode == 0, f'timm suite failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}'
 
