@@ -55,6 +55,7 @@ def no_scripts(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.timeout(900)  # the module fixture's quick run counts here: 1-2 minutes on 2 shared cores
 def test_quick_without_timm_scripts_runs_the_rest_and_names_what_it_could_not(no_scripts):
     proc, out = no_scripts
     assert proc.returncode == 3, fail_text(proc)  # not 0: the run is incomplete, and says so
