@@ -81,6 +81,16 @@ def test_convert_keeps_a_fine_tuned_head_and_resolution(tmp_path):
     assert '| hvt_ti_1.in1k | 5.58 |' in card and '| - | - |' in card and 'hf-hub:me/hvt-ft' in card
 
 
+def test_convert_takes_the_alias_the_paper_uses(tmp_path, capsys):
+    source = tmp_path / 'scale_hvt_ti_4.pth'
+    save_authors_checkpoint(source, 'hvt_s_4', seed=2)
+    out = tmp_path / 'out'
+    assert cli.main(['convert', str(source), '--model', 'scale_hvt_ti_4', '--out', str(out)]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'hvt_s_4' and config['pretrained_cfg']['tag'] == 'in1k'
+    assert 'hvt_s_4.in1k' in capsys.readouterr().out
+
+
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'Traceback' not in err
@@ -93,7 +103,12 @@ def test_convert_errors_are_one_line(ti_checkpoint, ti_folder, tmp_path, capsys)
     error = _one_line_error(capsys)
     assert 'does not fit hvt_ti_2' in error and '[0]' in error and '[0, 6]' in error
     assert cli.main(['convert', source, '--model', 'vit_nope', '--out', str(tmp_path / 'b')]) == 1
-    assert "'vit_nope' is not an HVT model" in _one_line_error(capsys)
+    error = _one_line_error(capsys)
+    assert 'vit_nope' in error and 'hvt_ti_1' in error and 'scale_hvt_ti_4' in error  # what was given, what works
+    missing = str(tmp_path / 'nope.pth')
+    assert cli.main(['convert', missing, '--model', 'hvt_ti_1', '--out', str(tmp_path / 'c')]) == 1
+    error = _one_line_error(capsys)
+    assert 'not found' in error and missing in error
     assert cli.main(['convert', source, '--model', 'hvt_ti_1', '--out', str(ti_folder)]) == 1
     assert 'exists and is not empty' in _one_line_error(capsys)
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()

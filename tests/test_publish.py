@@ -113,7 +113,16 @@ def test_without_sources_it_takes_the_release_route(caches, tmp_path, monkeypatc
         assert 'hvt_ti_1.in1k: FAILED: ' in printed and digest[:16] in printed
 
 
-def test_unknown_tag_is_named(caches, capsys):
-    assert cli.main(['publish', '--namespace', 'o', '--tag', 'hvt_ti_2.in1k', '--dry-run']) == 1
+@pytest.mark.parametrize('name', ['hvt_ti_2.in1k', 'hvt_ti_2', 'vit_nope'])
+def test_a_tag_without_released_weights_is_named(caches, capsys, name):
+    assert cli.main(['publish', '--namespace', 'o', '--tag', name, '--dry-run']) == 1
     err = capsys.readouterr().err
-    assert 'hvt_ti_2.in1k' in err and 'hvt_ti_1.in1k' in err and err.count('\n') == 1
+    assert name in err and 'hvt_ti_1' in err and err.count('\n') == 1
+
+
+def test_tags_by_model_name_and_alias(release_files, caches, tmp_path, capsys):
+    caches.offline()
+    folder, _ = release_files
+    assert cli.main(['publish', '--namespace', 'o', '--sources', str(folder), '--out', str(tmp_path),
+                     '--tag', 'scale_hvt_ti_4', '--tag', 'hvt_ti_1', '--dry-run']) == 0
+    assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == ['hvt_s_4.in1k', 'hvt_ti_1.in1k']

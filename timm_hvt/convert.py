@@ -6,9 +6,7 @@ The folder holds `model.safetensors` and `config.json` (written by timm's `save_
 The file is read by timm's own loader (weights only) and fitted by `checkpoint_filter_fn`; conversion reports
 success only after reloading the folder through timm and matching the logits of the source checkpoint.
 """
-import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -17,14 +15,17 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import timm
 import torch
 from timm.data import ImageNetInfo
-from timm.models import load_state_dict, save_for_hf
+from timm.models import get_deprecated_models, load_state_dict, save_for_hf
 
 from .flops import count_gmacs, count_params
-from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn
+from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn, source_grid_size
 from .paper import ARXIV_ID, PAPER_RESULTS
-from .sources import HF_HUB_NAMESPACE, add_note
+from .sources import HF_HUB_NAMESPACE, add_note, sha256_of
 
-__all__ = ['HUB_FOLDER_FILES', 'ConvertResult', 'convert_checkpoint', 'model_card', 'check_hub_folder', 'push_folder']
+__all__ = [
+    'HUB_FOLDER_FILES', 'ConvertResult', 'convert_checkpoint', 'hvt_model_name', 'model_card', 'check_hub_folder',
+    'push_folder',
+]
 
 HUB_FOLDER_FILES = ('model.safetensors', 'config.json', 'README.md')
 LOGITS_ATOL = 1e-5
@@ -55,7 +56,6 @@ def _model_args_for(
     where they differ from the variant's defaults. The image size is the checkpoint's patch grid, inferred as
     checkpoint_filter_fn infers it: from `img_size` (the size the weights were trained at, where known) or the
     variant's pretrained cfg, else a square grid."""
-    from .hvt import source_grid_size  # here: convert.py's imports are not this function's to change
     if 'pos_embed' not in state_dict or 'patch_embed.proj.weight' not in state_dict:
         raise CheckpointMismatchError(
             f'Not an HVT checkpoint: it has no pos_embed / patch_embed.proj.weight (keys: {list(state_dict)[:6]})')
@@ -79,9 +79,18 @@ def _model_args_for(
     return {k: v for k, v in found.items() if v != defaults[k]}
 
 
-def _sha256(path: str) -> str:
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+def hvt_model_name(name: str) -> str:
+    """`name` as a registered HVT model name, its pretrained tag kept; an alias (`scale_hvt_ti_4`) is resolved as
+    timm.create_model resolves it. ValueError for any other name."""
+    aliases = {old: new for old, new in get_deprecated_models().items() if new and new.startswith('hvt_')}
+    arch, _, tag = name.partition('.')
+    if arch in aliases:
+        arch, _, alias_tag = aliases[arch].partition('.')
+        tag = tag or alias_tag
+    if not (arch.startswith('hvt_') and timm.is_model(arch)):
+        raise ValueError(f'{name!r} is not an HVT model: expected one of {", ".join(timm.list_models("hvt_*"))} '
+                         f'(or {", ".join(aliases)}), optionally with a pretrained tag such as .in1k')
+    return f'{arch}.{tag}' if tag else arch
 
 
 def model_card(model: HierarchicalVisionTransformer, model_name: str, repo_id: str, source: str) -> str:
@@ -121,7 +130,7 @@ stage's tokens.
 - **Classes:** {model.num_classes}
 - **Paper:** [Scalable Vision Transformers with Hierarchical Pooling](https://arxiv.org/abs/{ARXIV_ID})
 - **Original:** https://github.com/zhuang-group/HVT
-- **Converted from:** `{os.path.basename(source)}` (sha256 `{_sha256(source)}`)
+- **Converted from:** `{os.path.basename(source)}` (sha256 `{sha256_of(source)}`)
 
 ## Results
 | model | params (M) | GMACs | top-1 | top-5 |
@@ -177,8 +186,10 @@ def convert_checkpoint(
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)) and not overwrite:
         raise FileExistsError(f'{out_dir} exists and is not empty (pass --overwrite to replace it)')
-    if not timm.is_model(model_name.split('.')[0]) or not model_name.startswith('hvt_'):
-        raise ValueError(f'{model_name!r} is not an HVT model; `timm-hvt list` shows them')
+    model_name = hvt_model_name(model_name)
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(
+            f'{checkpoint_path} not found: expected a checkpoint file (.pth, .bin or .safetensors)')
 
     try:
         state_dict = load_state_dict(checkpoint_path)  # timm's reader: weights only, the authors' 'model' entry

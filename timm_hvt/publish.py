@@ -8,7 +8,7 @@ does not stop the others.
 import os
 from typing import Callable, Iterable, List, NamedTuple, Optional
 
-from .convert import convert_checkpoint, push_folder
+from .convert import convert_checkpoint, hvt_model_name, push_folder
 from .sources import RELEASED_WEIGHTS, describe_error, fetch_release, release_url, sha256_of
 
 __all__ = ['PublishedTag', 'publish']
@@ -21,6 +21,15 @@ class PublishedTag(NamedTuple):
     folder: Optional[str] = None
     commit: Optional[str] = None  # None for a dry run
     error: Optional[str] = None
+
+
+def _released_tag(name: str) -> str:
+    """The released tag a model name means: 'hvt_ti_1', 'hvt_ti_1.in1k' and the alias 'scale_hvt_ti_4' all work."""
+    name = hvt_model_name(name)
+    found = [tag for tag in RELEASED_WEIGHTS if tag == name or tag.split('.')[0] == name]
+    if len(found) != 1:
+        raise ValueError(f'{name!r} has no released weights: expected one of {", ".join(RELEASED_WEIGHTS)}')
+    return found[0]
 
 
 def _source_file(tag: str, sources: Optional[str], cache_dir: Optional[str]) -> str:
@@ -61,10 +70,7 @@ def publish(
         say: Callable[[str], None] = print,
 ) -> List[PublishedTag]:
     """Convert (and, unless `dry_run`, upload) each tag of RELEASED_WEIGHTS (or of `tags`); one result per tag."""
-    tags = list(RELEASED_WEIGHTS) if tags is None else list(tags)
-    unknown = [t for t in tags if t not in RELEASED_WEIGHTS]
-    if unknown:
-        raise ValueError(f'{unknown} are not released tags; expected some of {list(RELEASED_WEIGHTS)}')
+    tags = list(RELEASED_WEIGHTS) if tags is None else [_released_tag(name) for name in tags]
     results = []
     for tag in tags:
         try:
