@@ -9,9 +9,10 @@ import pytest
 import timm
 import torch
 from timm.data import ImageNetInfo
+from timm.layers import resample_abs_pos_embed
 
 from _weights_helpers import assert_weights, caches, hub_id, offline_env, save_authors_checkpoint
-from timm_hvt import cli
+from timm_hvt import CheckpointMismatchError, cli
 from timm_hvt.convert import convert_checkpoint
 
 
@@ -89,6 +90,24 @@ def test_convert_takes_the_alias_the_paper_uses(tmp_path, capsys):
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'hvt_s_4' and config['pretrained_cfg']['tag'] == 'in1k'
     assert 'hvt_s_4.in1k' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('target', [(384, 384), (320, 224)])
+def test_converted_non_square_model_reloads_at_another_size(target, tmp_path):
+    """A checkpoint fine-tuned at 224x320 (timm's train.py allows it): convert is told that size, the folder records
+    it, and timm's local-dir: route moves the weights from the 14x20 grid to another, also to the 20x14 one of as
+    many tokens."""
+    torch.manual_seed(0)
+    source = timm.create_model('hvt_ti_1', img_size=(224, 320))
+    path = tmp_path / 'finetuned.pth'
+    torch.save({'state_dict': source.state_dict()}, path)
+    with pytest.raises(CheckpointMismatchError, match='280'):  # 280 tokens: no square grid, and no size given
+        convert_checkpoint(str(path), 'hvt_ti_1', str(tmp_path / 'unsized'))
+    result = convert_checkpoint(str(path), 'hvt_ti_1', str(tmp_path / 'out'), img_size=(224, 320))
+    assert result.max_abs_diff <= 1e-5
+    model = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True, img_size=target)
+    grid = [target[0] // 16, target[1] // 16]
+    torch.testing.assert_close(model.pos_embed, resample_abs_pos_embed(source.pos_embed, grid, [14, 20], 0))
 
 
 def _one_line_error(capsys) -> str:

@@ -73,7 +73,8 @@ def _one_line_errors(cmd):
 @_one_line_errors
 def cmd_convert(args: argparse.Namespace) -> int:
     from timm_hvt.convert import convert_checkpoint
-    result = convert_checkpoint(args.checkpoint, args.model, args.out, repo_id=args.repo_id, overwrite=args.overwrite)
+    result = convert_checkpoint(args.checkpoint, args.model, args.out, repo_id=args.repo_id, overwrite=args.overwrite,
+                                img_size=tuple(args.img_size) if args.img_size else None)
     print(f'Wrote {result.model_name} ({result.params_m:.2f}M params, {result.gmacs:.2f} GMACs) to {result.out_dir}')
     print(f'Verified: reloaded through timm, max abs logits diff vs the source checkpoint {result.max_abs_diff:.3g}')
     print(f'Publish with: timm-hvt push {result.out_dir} --repo-id {result.repo_id}')
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_convert.add_argument('--repo-id', default=None, help='hub repo named in the model card (default: '
                                                            'the project namespace / model name)')
     p_convert.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
+    p_convert.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                           help='the size the checkpoint was trained at; needed when its patch grid is not square')
     p_convert.set_defaults(func=cmd_convert)
 
     p_push = sub.add_parser(

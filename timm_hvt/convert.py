@@ -164,6 +164,8 @@ def _write_config(folder: str, model: HierarchicalVisionTransformer, model_args:
     with open(path, encoding='utf-8') as f:
         config = json.load(f)
     config['num_classes'] = model.num_classes
+    # the size the weights are at, which checkpoint_filter_fn reads (timm < 1.0.31 writes the variant's default)
+    config['pretrained_cfg']['input_size'] = [model.in_chans, *model.patch_embed.img_size]
     config.pop('model_args', None)
     if model_args:
         config['model_args'] = {k: list(v) if isinstance(v, tuple) else v for k, v in model_args.items()}
@@ -181,8 +183,10 @@ def convert_checkpoint(
         out_dir: str,
         repo_id: Optional[str] = None,
         overwrite: bool = False,
+        img_size: Optional[Tuple[int, int]] = None,
 ) -> ConvertResult:
-    """Write the hub folder of `checkpoint_path` as `model_name` to `out_dir`, verified by a reload through timm."""
+    """Write the hub folder of `checkpoint_path` as `model_name` to `out_dir`, verified by a reload through timm.
+    `img_size`: the (height, width) the checkpoint was trained at, needed when its patch grid is not square."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)) and not overwrite:
         raise FileExistsError(f'{out_dir} exists and is not empty (pass --overwrite to replace it)')
@@ -196,7 +200,7 @@ def convert_checkpoint(
     except Exception as e:
         add_note(e, f'(while reading {checkpoint_path})')
         raise
-    create_args = _model_args_for(state_dict, model_name)
+    create_args = _model_args_for(state_dict, model_name, img_size)
     model_args = {k: v for k, v in create_args.items() if k != 'num_classes'}  # config.json states it once, on top
     model = timm.create_model(model_name, **create_args)
     model.load_state_dict(checkpoint_filter_fn(state_dict, model))
