@@ -22,13 +22,13 @@ import reference_hvt
 
 
 def hub_id(arch: str) -> str:
-    from timm_hvt.sources import HF_HUB_NAMESPACE
-    return f'{HF_HUB_NAMESPACE}/{arch}.in1k'
+    from timm_hvt import sources
+    return sources.hub_id(f'{arch}.in1k')
 
 
 def release_url(arch: str) -> str:
-    from timm_hvt.paper import PAPER_RESULTS
-    return PAPER_RESULTS[arch].url
+    from timm_hvt import sources
+    return sources.release_url(f'{arch}.in1k')
 
 
 def closed_port() -> int:

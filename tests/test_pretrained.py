@@ -56,8 +56,9 @@ def test_pretrained_tags_and_cfgs():
     for arch in RELEASED:
         cfg = timm.models.get_pretrained_cfg(f'{arch}.in1k')
         paper = PAPER_RESULTS[arch]
-        assert cfg.hf_hub_id == f'{HF_HUB_NAMESPACE}/{arch}.in1k'
-        assert cfg.url == paper.url and cfg.url.startswith('https://github.com/zhuang-group/HVT/releases/download/')
+        assert cfg.hf_hub_id == hub_id(arch) and cfg.hf_hub_id.startswith(f'{HF_HUB_NAMESPACE}/{arch}.in1k')
+        assert cfg.url == release_url(arch)
+        assert cfg.url.startswith('https://github.com/zhuang-group/HVT/releases/download/v1.')
         assert cfg.license == 'apache-2.0'
         assert ARXIV_ID in cfg.paper_ids
         assert f'{paper.top1:.2f}' in ' '.join(cfg.notes) and f'{paper.top5:.2f}' in ' '.join(cfg.notes)
@@ -365,3 +366,21 @@ def test_source_line_at_the_default_log_level_and_no_network_when_cached(sources
     lines = [line for line in out.stderr.splitlines() if 'pretrained weights from' in line]
     expected = str(c.hf) if cache == 'hub' else release_url('hvt_ti_1')
     assert len(lines) == 1 and expected in lines[0], out.stderr[-3000:]
+
+
+def test_a_pinned_hub_revision_is_what_loads(sources, monkeypatch):
+    # pinning = a hub_revision in RELEASED_WEIGHTS: the hub id carries '@<commit>', and that commit's file is loaded
+    # even when the repo's main branch has moved on
+    monkeypatch.setitem(RELEASED_WEIGHTS, 'hvt_ti_1.in1k', ReleasedWeights('v1.0/hvt_ti_1.pth', hub_revision='a' * 40))
+    pinned = timm_hvt.sources.hub_id('hvt_ti_1.in1k')
+    assert pinned == f'{HF_HUB_NAMESPACE}/hvt_ti_1.in1k@{"a" * 40}'
+    c = sources['caches']
+    repo = pinned.split('@')[0]
+    c.put_hub_repo(repo, {'model.safetensors': sources['hub_file']}, commit='a' * 40)
+    c.put_hub_repo(repo, {'model.safetensors': save_hub_weights(c.root / 'other.safetensors', sources['release_sd'])},
+                   commit='b' * 40)  # refs/main now names this one
+    c.offline()
+    model = timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=pinned), **TINY)
+    assert_weights(model, sources['hub_sd'])
+    monkeypatch.setattr(timm_hvt.sources, 'HF_HUB_NAMESPACE', 'my-org')  # another namespace: the pin is not its
+    assert timm_hvt.sources.hub_id('hvt_ti_1.in1k') == 'my-org/hvt_ti_1.in1k'

@@ -53,7 +53,7 @@ except ImportError:
     update_model_input_size = None
 
 from .paper import ARXIV_ID, PAPER_RESULTS
-from .sources import HF_HUB_NAMESPACE, pretrained_file, reading_weights
+from .sources import RELEASED_WEIGHTS, hub_id, pretrained_file, reading_weights, release_url
 
 __all__ = ['HierarchicalVisionTransformer']
 
@@ -726,17 +726,17 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-def _in1k_cfg(arch: str) -> Dict[str, Any]:
-    paper = PAPER_RESULTS[arch]
+def _released_cfg(tag: str) -> Dict[str, Any]:
+    paper = PAPER_RESULTS[tag.split('.')[0]]
     return _cfg(
-        url=paper.url,
-        hf_hub_id=f'{HF_HUB_NAMESPACE}/{arch}.in1k',
+        url=release_url(tag),
+        hf_hub_id=hub_id(tag),
         notes=(f'{paper.paper_name}: top-1 {paper.top1:.2f}, top-5 {paper.top5:.2f} (paper, ImageNet-1k val)',),
     )
 
 
 default_cfgs = generate_default_cfgs({
-    **{f'{arch}.in1k': _in1k_cfg(arch) for arch in PAPER_RESULTS},
+    **{tag: _released_cfg(tag) for tag in RELEASED_WEIGHTS},
     **{f'hvt_ti_{m}': _cfg() for m in range(5) if f'hvt_ti_{m}' not in PAPER_RESULTS},
 })
 

@@ -1,17 +1,16 @@
-"""The numbers HVT's paper reports, and where the authors released its weights.
+"""The numbers HVT's paper reports (where the weights come from: timm_hvt.sources).
 
 Source: Pan et al., "Scalable Vision Transformers with Hierarchical Pooling", ICCV 2021, arXiv:2103.10619,
-Table 1 (ImageNet-1k, 224x224, patch 16, depth 12); release files from github.com/zhuang-group/HVT.
+Table 1 (ImageNet-1k, 224x224, patch 16, depth 12).
 "FLOPs" in the paper count multiply-accumulates, the convention timm reports as GMACs.
 
 Plain data: importing this module imports neither torch nor timm.
 """
 from typing import Dict, NamedTuple, Optional
 
-__all__ = ['PaperResult', 'PAPER_RESULTS', 'PAPER_BASELINES', 'RELEASE_URL', 'ARXIV_ID']
+__all__ = ['PaperResult', 'PAPER_RESULTS', 'PAPER_BASELINES', 'ARXIV_ID']
 
 ARXIV_ID = '2103.10619'
-RELEASE_URL = 'https://github.com/zhuang-group/HVT/releases/download/{tag}/{file}'
 
 
 class PaperResult(NamedTuple):
@@ -20,24 +19,16 @@ class PaperResult(NamedTuple):
     params_m: float
     top1: float
     top5: Optional[float]
-    release: Optional[str] = None  # '<tag>/<file>' of the authors' checkpoint
-
-    @property
-    def url(self) -> Optional[str]:
-        if self.release is None:
-            return None
-        tag, file = self.release.split('/')
-        return RELEASE_URL.format(tag=tag, file=file)
 
 
 # keyed by this project's architecture name
 PAPER_RESULTS: Dict[str, PaperResult] = {
-    'hvt_ti_1': PaperResult('HVT-Ti-1', 0.64, 5.74, 69.64, 89.40, 'v1.0/hvt_ti_1.pth'),
-    'hvt_s_0': PaperResult('HVT-S-0', 4.57, 22.05, 80.39, 95.13, 'v1.0/hvt_s_0.pth'),
-    'hvt_s_1': PaperResult('HVT-S-1', 2.40, 22.09, 78.00, 93.83, 'v1.1/hvt_s_1.pth'),
-    'hvt_s_2': PaperResult('HVT-S-2', 1.94, 22.11, 77.36, 93.55, 'v1.0/hvt_s_2.pth'),
-    'hvt_s_3': PaperResult('HVT-S-3', 1.62, 22.11, 76.32, 92.90, 'v1.0/hvt_s_3.pth'),
-    'hvt_s_4': PaperResult('Scale HVT-Ti-4', 1.39, 22.12, 75.23, 92.30, 'v1.0/scale_hvt_ti_4.pth'),
+    'hvt_ti_1': PaperResult('HVT-Ti-1', 0.64, 5.74, 69.64, 89.40),
+    'hvt_s_0': PaperResult('HVT-S-0', 4.57, 22.05, 80.39, 95.13),
+    'hvt_s_1': PaperResult('HVT-S-1', 2.40, 22.09, 78.00, 93.83),
+    'hvt_s_2': PaperResult('HVT-S-2', 1.94, 22.11, 77.36, 93.55),
+    'hvt_s_3': PaperResult('HVT-S-3', 1.62, 22.11, 76.32, 92.90),
+    'hvt_s_4': PaperResult('Scale HVT-Ti-4', 1.39, 22.12, 75.23, 92.30),
 }
 
 # the DeiT baselines of the same table, keyed by timm's model name
