@@ -59,6 +59,10 @@ class Caches:
         from huggingface_hub import constants
         self.monkeypatch.setattr(constants, 'ENDPOINT', url)
         self.monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
+        import huggingface_hub.file_download as file_download
+        if hasattr(file_download, 'HUGGINGFACE_CO_URL_TEMPLATE'):  # huggingface_hub < 1.0 binds it at import
+            self.monkeypatch.setattr(
+                file_download, 'HUGGINGFACE_CO_URL_TEMPLATE', url + '/{repo_id}/resolve/{revision}/{filename}')
 
     def hub_snapshot(self, repo_id: str, commit: Optional[str] = None) -> Path:
         """The folder of `put_hub_repo`'s files for `repo_id` (the paths hf_hub_download returns)."""

@@ -52,6 +52,7 @@ def _inputs(size, batches=(1, 3, 7)):
     return [torch.randn(b, 3, size, size, generator=g) for b in batches]
 
 
+@pytest.mark.smoke  # also run at the dependency floors
 def test_torch_export_matches_eager_dynamic_batch(exported):
     name, model, program, size = exported
     batch_dim = program.graph_module.graph.find_nodes(op='placeholder')[-1].meta['val'].shape[0]
@@ -66,6 +67,7 @@ def test_torch_export_matches_eager_dynamic_batch(exported):
         assert diff <= RTOL * scale
 
 
+@pytest.mark.smoke  # also run at the dependency floors
 def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
     name, model, program, size = exported
     path = str(tmp_path / f'{name}.onnx')

@@ -110,6 +110,7 @@ def test_release_cache_offline(sources, caplog, offline):
     assert len(_source_lines(caplog)) == 1
 
 
+@pytest.mark.smoke  # also run at the dependency floors
 @pytest.mark.parametrize('error_code', ['RepoNotFound', 'EntryNotFound'])
 def test_downloads_from_the_hub_first_then_the_release(sources, caplog, error_code):
     c = sources['caches']

@@ -183,7 +183,7 @@ def pretrained_file(variant: str, kwargs: Dict[str, Any]) -> WeightsFile:
     return WeightsFile(path, cached=True)
 
 
-_UNSUPPORTED_GLOBALS = re.compile(r'Unsupported globals?: (?:GLOBAL )?([\w.]+(?:, [\w.]+)*)')
+_UNSUPPORTED_GLOBALS = re.compile(r'(?i)unsupported globals?:? (?:GLOBAL )?([\w.]+(?:, [\w.]+)*)')
 
 
 def _why_unreadable(path: str) -> Optional[str]:
@@ -192,7 +192,7 @@ def _why_unreadable(path: str) -> Optional[str]:
     try:
         load_state_dict(path)
     except Exception as e:
-        found = _UNSUPPORTED_GLOBALS.search(str(e))
+        found = _UNSUPPORTED_GLOBALS.search(f'{e} {e.__cause__ or ""}')  # torch < 2.6 names it in the cause
         if found:
             return f'{type(e).__name__}: it holds pickled objects that weights-only loading refuses ({found.group(1)})'
         first = _first_line(e)
