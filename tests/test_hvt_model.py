@@ -436,4 +436,3 @@ def test_torch_jit_script(tiny_and_input):
 def test_torch_fx_symbolic_trace(tiny_and_input):
     model, x = tiny_and_input
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
-

@@ -96,7 +96,7 @@ def test_every_step_runs_here_or_says_what_it_needs():
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize('index', [i for i, s in enumerate(STEPS) if not s.needs],
-                         ids=lambda i: f'{STEPS[i].kind}{i}-{STEPS[i].text.split()[0] if STEPS[i].kind == "bash" else ""}')
+                         ids=lambda i: f'{STEPS[i].kind}{i}-' + (STEPS[i].text.split()[0] if STEPS[i].kind == 'bash' else ''))
 def test_readme_step_runs(checkout, index):
     work, env = checkout
     step = STEPS[index]

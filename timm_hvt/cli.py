@@ -116,7 +116,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             pinned = RELEASED_WEIGHTS[r.tag]._replace(sha256=r.sha256, hub_revision=r.commit or None)
             print(f'    {r.tag!r}: {pinned!r},')
     for r in done:
-        print(f'{args.namespace}/{r.tag}@{r.commit}' if r.commit else f'{args.namespace}/{r.tag}: dry run, not uploaded')
+        repo_id = f'{args.namespace}/{r.tag}'
+        print(f'{repo_id}@{r.commit}' if r.commit else f'{repo_id}: dry run, not uploaded')
     return 1 if failed else 0
 
 

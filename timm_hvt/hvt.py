@@ -577,7 +577,6 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint holds another architecture than the model it is loaded into."""
 
 
-
 def _layout(shapes: Dict[str, torch.Size]) -> Dict[str, Any]:
     """What the key names and shapes of an HVT state dict say about its architecture."""
     blocks = {int(k.split('.')[1]) for k in shapes if k.startswith('blocks.') and k.split('.')[1].isdigit()}
@@ -812,4 +811,3 @@ def hvt_s_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer
 
 
 register_model_deprecations(__name__, {'scale_hvt_ti_4': 'hvt_s_4.in1k'})
-
