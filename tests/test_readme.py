@@ -94,9 +94,13 @@ def test_every_step_runs_here_or_says_what_it_needs():
     assert any(s.kind == 'python' for s in runs) and any(s.text.startswith('timm-hvt') for s in runs)
 
 
+def _step_id(index: int) -> str:
+    step = STEPS[index]
+    return f'{step.kind}{index}' + (f'-{step.text.split()[0]}' if step.kind == 'bash' else '')
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize('index', [i for i, s in enumerate(STEPS) if not s.needs],
-                         ids=lambda i: f'{STEPS[i].kind}{i}-' + (STEPS[i].text.split()[0] if STEPS[i].kind == 'bash' else ''))
+@pytest.mark.parametrize('index', [i for i, s in enumerate(STEPS) if not s.needs], ids=_step_id)
 def test_readme_step_runs(checkout, index):
     work, env = checkout
     step = STEPS[index]
