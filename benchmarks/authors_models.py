@@ -1,6 +1,6 @@
 """The authors' HVT computation (tests/reference_hvt.py) as timm models, for timm's own scripts.
 
-Importing this module registers `hvt_ti_1_authors`, `hvt_s_0_authors`, `hvt_s_1_authors`, ..., `hvt_s_4_authors`
+Importing this module registers `authors_hvt_ti_1`, `authors_hvt_s_0`, `authors_hvt_s_1`, ..., `authors_hvt_s_4`
 with timm's model registry, so that timm's benchmark.py (or anything that calls `timm.create_model`) runs the
 authors' arithmetic — matmul + softmax attention, `x @ W.t() + b` linears, token pooling with `unfold(...).amax` —
 in the same harness as timm-hvt's models. The weights are random, in the authors' layout (the same draw
@@ -9,7 +9,7 @@ through timm's public `register_model`, in the process that imports this module 
 
     python -c 'import runpy, sys; sys.path.insert(0, "benchmarks"); import authors_models; \\
         sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")' \\
-        benchmark.py --model hvt_s_4_authors --amp --amp-dtype bfloat16
+        benchmark.py --model authors_hvt_s_4 --amp --amp-dtype bfloat16
 """
 import sys
 from pathlib import Path
@@ -38,7 +38,7 @@ class AuthorsHVT(nn.Module):
         self.num_classes = num_classes
         # what timm's resolve_data_config reads: the same preprocessing as the hvt_* models
         self.pretrained_cfg = dict(
-            architecture=f'{arch}_authors', input_size=(in_chans, img_size, img_size), crop_pct=0.875,
+            architecture=f'authors_{arch}', input_size=(in_chans, img_size, img_size), crop_pct=0.875,
             interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,12 +56,12 @@ def _create(arch, pretrained=False, num_classes=1000, img_size=224, in_chans=3, 
 def _register(arch):
     def entry(pretrained=False, **kwargs):
         return _create(arch, pretrained=pretrained, **kwargs)
-    entry.__name__ = entry.__qualname__ = f'{arch}_authors'
+    entry.__name__ = entry.__qualname__ = f'authors_{arch}'
     entry.__doc__ = f"The authors' {arch} computation (tests/reference_hvt.py), random weights."
     entry.__module__ = __name__
     return register_model(entry)
 
 
-NAMES = [f'{arch}_authors' for arch in reference_hvt.VARIANTS]
+NAMES = [f'authors_{arch}' for arch in reference_hvt.VARIANTS]
 for _arch in reference_hvt.VARIANTS:
-    globals()[f'{_arch}_authors'] = _register(_arch)
+    globals()[f'authors_{_arch}'] = _register(_arch)

@@ -4,14 +4,14 @@
     gpu_run.py check-scripts DIR          are timm's train.py / validate.py / benchmark.py there, of the installed timm?
     gpu_run.py env OUT.json ...           GPU, driver, CUDA, torch, timm, timm-hvt, the scripts' version
     gpu_run.py digits ROOT ...            scikit-learn's digits as an ImageFolder (tests/_train_helpers.export_digits)
-    gpu_run.py script SCRIPT ARGS...      one of timm's scripts, unchanged, the hvt_* and *_authors models registered
+    gpu_run.py script SCRIPT ARGS...      one of timm's scripts, unchanged, the hvt_* and authors_* models registered
     gpu_run.py bench OUT.jsonl ...        timm's benchmark.py once per model and mode, in rounds, with peak memory
     gpu_run.py sdpa OUT.json ...          which SDPA kernel HVT's attention runs under AMP
     gpu_run.py flops OUT.json ...         achieved FLOP rate against the GPU's dense bf16 peak
     gpu_run.py summarize WORK RESULTS ... results.csv, goals.csv, results.md from what the steps left in WORK
 
 timm's scripts run through `script` / `bench`: this process imports timm_hvt (the models) and
-benchmarks/authors_models.py (the authors' computation as `*_authors` models), then runs the script file with
+benchmarks/authors_models.py (the authors' computation as `authors_*` models), then runs the script file with
 runpy under the script's own command line. The scripts are not modified, wrapped or patched; `bench` only reads
 torch's CUDA memory counters between two runs.
 """
@@ -53,7 +53,7 @@ FIRST_FEW_UPDATES = 10  # fp16: the scaler may skip steps while it finds its sca
 def _register_models():
     import timm_hvt  # noqa: F401  the hvt_* models (also when the start-up hook is off or not installed)
     sys.path.insert(0, str(ROOT / 'benchmarks'))
-    import authors_models  # noqa: F401  the *_authors models
+    import authors_models  # noqa: F401  the authors_* models
 
 
 def _fail(msg, code=2):
@@ -101,7 +101,7 @@ def cmd_check_scripts(a):
 
 
 def cmd_script(a):
-    """Run one of timm's scripts under its own command line, the hvt_* and *_authors models registered."""
+    """Run one of timm's scripts under its own command line, the hvt_* and authors_* models registered."""
     _register_models()
     sys.argv = [a.script, *a.args]
     runpy.run_path(a.script, run_name='__main__')
@@ -479,11 +479,11 @@ def cmd_summarize(a):
                 c['peak'].append(r['peak_mb'])
     gm = {}
     for (model, mode), c in cases.items():
-        arch = model[:-len('_authors')] if model.endswith('_authors') else model
+        arch = model[len('authors_'):] if model.startswith('authors_') else model
         if model not in gm:
             gm[model] = _gmacs(model, a.bench_img_size)
         ips = statistics.median(c['ips']) if c['ips'] else None
-        rows.append(dict(group='benchmark', model=arch, impl='authors' if model.endswith('_authors') else 'ours',
+        rows.append(dict(group='benchmark', model=arch, impl='authors' if model.startswith('authors_') else 'ours',
                          task=mode, dtype=a.bench_dtype, compile=False, batch=c['batch'] or a.bench_batch,
                          img_size=a.bench_img_size, img_per_s=ips, img_per_s_min=min(c['ips']) if c['ips'] else None,
                          img_per_s_max=max(c['ips']) if c['ips'] else None, rounds=len(c['ips']),
@@ -537,8 +537,8 @@ def cmd_summarize(a):
         return _median_ratio(a_, b_) if a_ and b_ else (None, None, None)
     for num, den, mode, target, name in (
             ('hvt_s_4', 'deit_small_patch16_224', 'inference', 2.5, 'hvt_s_4 / deit_small, inference images/s'),
-            ('hvt_s_4', 'hvt_s_4_authors', 'inference', 1.0, 'hvt_s_4 ours / authors, inference images/s'),
-            ('hvt_s_4', 'hvt_s_4_authors', 'train', 1.0, 'hvt_s_4 ours / authors, training images/s')):
+            ('hvt_s_4', 'authors_hvt_s_4', 'inference', 1.0, 'hvt_s_4 ours / authors, inference images/s'),
+            ('hvt_s_4', 'authors_hvt_s_4', 'train', 1.0, 'hvt_s_4 ours / authors, training images/s')):
         r, lo, hi = ratio(num, den, mode)
         goal(f'benchmark.py {name}', f'>= {target:g}', r, None if r is None else r >= target,
              '' if r is None else f'per round {lo:.3g}-{hi:.3g}')

@@ -83,7 +83,7 @@ if [ "$QUICK" = 1 ]; then
     WORKERS=1
     LR=3e-3
     COMPILE_BACKEND=eager  # dynamo's tracing without inductor's code generation: the flag's path, in seconds
-    BENCH_MODELS=hvt_ti_1,hvt_s_4,deit_small_patch16_224,hvt_s_4_authors
+    BENCH_MODELS=hvt_ti_1,hvt_s_4,deit_small_patch16_224,authors_hvt_s_4
     SMALL=96               # benchmark, SDPA and FLOP-rate models at 96x96 (36 patches)
     BENCH_ARGS=(--batch 2 --rounds 1 --warm 1 --iters 5 --img-size "$SMALL")
     SDPA_ARGS=(--model hvt_ti_1 --batch 2 --img-size "$SMALL")
@@ -105,7 +105,7 @@ else
     LR=1e-3
     COMPILE_BACKEND=inductor
     BENCH_MODELS=hvt_ti_1,hvt_s_1,hvt_s_4,deit_tiny_patch16_224,deit_small_patch16_224,pit_ti_224,pit_s_224
-    BENCH_MODELS="$BENCH_MODELS,hvt_ti_1_authors,hvt_s_1_authors,hvt_s_4_authors"
+    BENCH_MODELS="$BENCH_MODELS,authors_hvt_ti_1,authors_hvt_s_1,authors_hvt_s_4"
     BENCH_ARGS=(--batch 256 --rounds 2 --warm 10 --iters 50)
     SDPA_ARGS=(--model hvt_s_4 --batch 256)
     FLOPS_ARGS=(--batch 256 --iters 30 --matmul 8192 --compile)

@@ -225,9 +225,9 @@ def test_summary_goals_are_ours_over_theirs_from_benchmark_rows(tmp_path):
     work, res = tmp_path / 'work', tmp_path / 'res'
     work.mkdir(), res.mkdir()
     ips = {('hvt_s_4', 'inference'): [3000, 3300, 3100], ('deit_small_patch16_224', 'inference'): [1000, 1100, 1000],
-           ('hvt_s_4_authors', 'inference'): [3200, 3200, 3200], ('hvt_s_4', 'train'): [900, 1000, 950],
-           ('hvt_s_4_authors', 'train'): [800, 800, 900], ('deit_small_patch16_224', 'train'): [300, 300, 300]}
-    peak = {'hvt_s_4': 5000., 'deit_small_patch16_224': 6000., 'hvt_s_4_authors': 7000.}
+           ('authors_hvt_s_4', 'inference'): [3200, 3200, 3200], ('hvt_s_4', 'train'): [900, 1000, 950],
+           ('authors_hvt_s_4', 'train'): [800, 800, 900], ('deit_small_patch16_224', 'train'): [300, 300, 300]}
+    peak = {'hvt_s_4': 5000., 'deit_small_patch16_224': 6000., 'authors_hvt_s_4': 7000.}
     with open(work / 'bench.jsonl', 'w') as f:
         for (model, mode), values in ips.items():
             pre = 'infer' if mode == 'inference' else 'train'
@@ -259,11 +259,11 @@ def test_sdpa_kernel_names():
 
 
 def test_authors_models_run_the_authors_arithmetic_in_timm(one_thread):
-    """`*_authors` are timm models (benchmark.py's creation arguments accepted) whose logits are those of timm-hvt's
+    """`authors_*` are timm models (benchmark.py's creation arguments accepted) whose logits are those of timm-hvt's
     model with the same weights, and which train: every weight gets a gradient."""
     import authors_models  # noqa: F401
     import timm_hvt  # noqa: F401
-    theirs = timm.create_model('hvt_ti_1_authors', in_chans=3, drop_rate=0., scriptable=False, num_classes=10)
+    theirs = timm.create_model('authors_hvt_ti_1', in_chans=3, drop_rate=0., scriptable=False, num_classes=10)
     ours = timm.create_model('hvt_ti_1', num_classes=10).eval()
     ours.load_state_dict(dict(zip(theirs.keys, [p.detach() for p in theirs.weights])))
     x = torch.randn(2, 3, 224, 224)
