@@ -143,6 +143,9 @@ class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header('Content-Length', str(len(body)))
+        # what huggingface_hub reads off a file of a repo: the commit it belongs to and the file's hash
+        self.send_header('X-Repo-Commit', hashlib.sha1(self.path.encode()).hexdigest())
+        self.send_header('ETag', f'"{hashlib.sha256(body).hexdigest()}"')
         self.end_headers()
         if with_body:
             self.wfile.write(body)
@@ -159,7 +162,8 @@ class _FakeHubHandler(http.server.BaseHTTPRequestHandler):
 
 class FakeHub(http.server.ThreadingHTTPServer):
     """A loopback server: every hub path answers 404 with `error_code` (RepoNotFound / EntryNotFound, as the
-    real hub does); paths put in `files` are served as plain downloads."""
+    real hub does); paths put in `files` are served as downloads (a hub repo's file at
+    '/<repo_id>/resolve/main/<file name>')."""
 
     def __init__(self, error_code: str = 'RepoNotFound') -> None:
         super().__init__(('127.0.0.1', 0), _FakeHubHandler)

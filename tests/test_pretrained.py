@@ -129,6 +129,20 @@ def test_downloads_from_the_hub_first_then_the_release(sources, caplog, error_co
     assert hub_id('hvt_ti_1') in line and overlay['url'] in line and 'NotFound' in line
 
 
+def test_downloads_from_the_hub_into_the_hf_cache(sources, caplog):
+    c = sources['caches']
+    with fake_hub() as hub:
+        c.endpoint(hub.url)
+        hub.files[f'/{hub_id("hvt_ti_1")}/resolve/main/model.safetensors'] = sources['hub_file'].read_bytes()
+        model = timm.create_model('hvt_ti_1', pretrained=True, **TINY)
+        assert not any('/releases/' in r for r in hub.requests)
+    assert_weights(model, sources['hub_sd'])
+    line, = _source_lines(caplog)
+    assert hub_id('hvt_ti_1') in line and 'downloaded' in line and str(c.hf) in line
+    c.offline()  # in the HF cache now
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, **TINY), sources['hub_sd'])
+
+
 @pytest.mark.parametrize('matches', [True, False], ids=['same', 'other'])
 def test_release_download_checks_a_known_sha256(sources, monkeypatch, matches):
     c = sources['caches']
