@@ -436,3 +436,26 @@ def test_torch_jit_script(tiny_and_input):
 def test_torch_fx_symbolic_trace(tiny_and_input):
     model, x = tiny_and_input
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.smoke  # torch.compile at the dependency floors too (test_training.py compiles through timm's task)
+def test_torch_compile_fullgraph_forward_and_backward_match_eager():
+    """inductor with fullgraph=True (any graph break fails) on a 2-block HVT, each block pooled: one forward and
+    backward give eager's logits and gradients, each relative to its own size."""
+    torch.manual_seed(0)
+    model = _small(depth=2, num_pool_stages=2, img_size=32, patch_size=4).train()
+    compiled = torch.compile(copy.deepcopy(model), backend='inductor', fullgraph=True)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    results = []
+    for m in (compiled, model):
+        logits = m(x)
+        logits.square().mean().backward()
+        params = m.parameters() if m is model else m._orig_mod.parameters()
+        results.append((logits.detach(), [p.grad for p in params]))
+    (compiled_logits, compiled_grads), (eager_logits, eager_grads) = results
+    assert _relative(compiled_logits, eager_logits) <= 1e-5
+    assert all(_relative(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))
