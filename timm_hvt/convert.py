@@ -93,11 +93,23 @@ def hvt_model_name(name: str) -> str:
     return f'{arch}.{tag}' if tag else arch
 
 
-def model_card(model: HierarchicalVisionTransformer, model_name: str, repo_id: str, source: str) -> str:
-    """README.md for the hub folder of `model`, with timm's model card metadata."""
+def _cost(model: HierarchicalVisionTransformer) -> Tuple[float, float]:
+    """Params (M) and GMACs of `model` at its input size."""
+    return count_params(model) / 1e6, count_gmacs(model, (model.in_chans, *model.patch_embed.img_size))
+
+
+def model_card(
+        model: HierarchicalVisionTransformer,
+        model_name: str,
+        repo_id: str,
+        source: str,
+        cost: Optional[Tuple[float, float]] = None,
+) -> str:
+    """README.md for the hub folder of `model`, with timm's model card metadata; `cost`: its (params M, GMACs), if
+    already counted."""
     paper = PAPER_RESULTS.get(model_name.split('.')[0])
     height, width = model.patch_embed.img_size
-    params_m, gmacs = count_params(model) / 1e6, count_gmacs(model, (model.in_chans, height, width))
+    params_m, gmacs = cost or _cost(model)
     as_released = paper is not None and model.num_classes == 1000 and (height, width) == (224, 224) \
         and tuple(model.patch_embed.patch_size) == (16, 16)
     if as_released:
@@ -212,13 +224,14 @@ def convert_checkpoint(
     with torch.no_grad():
         expected = model(x)
 
+    cost = _cost(model)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.', dir=os.path.dirname(out_dir))
     try:
         save_for_hf(model, staging, safe_serialization=True)
         _write_config(staging, model, model_args)
         with open(os.path.join(staging, 'README.md'), 'w', encoding='utf-8') as f:
-            f.write(model_card(model, model_name, repo_id, checkpoint_path))
+            f.write(model_card(model, model_name, repo_id, checkpoint_path, cost))
         reloaded = timm.create_model(f'local-dir:{staging}', pretrained=True).eval()
         with torch.no_grad():
             diff = (reloaded(x) - expected).abs().max().item()
@@ -232,9 +245,7 @@ def convert_checkpoint(
         os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ConvertResult(
-        out_dir, model_name, repo_id, count_params(model) / 1e6,
-        count_gmacs(model, (model.in_chans, *model.patch_embed.img_size)), diff)
+    return ConvertResult(out_dir, model_name, repo_id, *cost, diff)
 
 
 def check_hub_folder(folder: str) -> List[Tuple[str, int]]:
