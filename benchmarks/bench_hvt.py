@@ -7,7 +7,7 @@
 Each group of cases is timed in interleaved rounds: a round times every case once, the first case rotating from
 round to round, so load from elsewhere falls on all cases alike. A figure is the median of its rounds; a ratio is
 the ratio of two medians, shown with the lowest and highest ratio within one round. "authors" is
-tests/reference_hvt.py, the authors' computation (matmul + softmax attention, their token pooling, separate bias
+benchmarks/authors_hvt.py, the authors' computation (matmul + softmax attention, their token pooling, separate bias
 adds) over the same weights as ours.
 """
 import argparse, copy, datetime, functools, json, math, os, platform, subprocess, sys, time, weakref  # noqa: E401
@@ -24,9 +24,9 @@ import timm_hvt
 from timm_hvt.flops import count_gmacs
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
+from benchmarks import authors_hvt as authors
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tests'))
-import reference_hvt as authors  # noqa: E402
 
 HVT = [f'hvt_{w}_{m}' for w in ('ti', 's') for m in range(5)]
 MODELS = HVT + ['deit_tiny_patch16_224', 'deit_small_patch16_224', 'pit_ti_224', 'pit_xs_224', 'pit_s_224']

@@ -3,7 +3,7 @@
 
     gpu_run.py check-scripts DIR          are timm's train.py / validate.py / benchmark.py there, of the installed timm?
     gpu_run.py env OUT.json ...           GPU, driver, CUDA, torch, timm, timm-hvt, the scripts' version
-    gpu_run.py digits ROOT ...            scikit-learn's digits as an ImageFolder (tests/_train_helpers.export_digits)
+    gpu_run.py digits ROOT ...            scikit-learn's digits as an ImageFolder (benchmarks/digits.py)
     gpu_run.py script SCRIPT ARGS...      one of timm's scripts, unchanged, the hvt_* and authors_* models registered
     gpu_run.py bench OUT.jsonl ...        timm's benchmark.py once per model and mode, in rounds, with peak memory
     gpu_run.py sdpa OUT.json ...          which SDPA kernel HVT's attention runs under AMP
@@ -11,7 +11,7 @@
     gpu_run.py summarize WORK RESULTS ... results.csv, goals.csv, results.md from what the steps left in WORK
 
 timm's scripts run through `script` / `bench`: this process imports timm_hvt (the models) and
-benchmarks/authors_models.py (the authors' computation as `authors_*` models), then runs the script file with
+benchmarks/authors_hvt.py (the authors' computation as `authors_*` models), then runs the script file with
 runpy under the script's own command line. The scripts are not modified, wrapped or patched; `bench` only reads
 torch's CUDA memory counters between two runs.
 """
@@ -52,8 +52,7 @@ FIRST_FEW_UPDATES = 10  # fp16: the scaler may skip steps while it finds its sca
 
 def _register_models():
     import timm_hvt  # noqa: F401  the hvt_* models (also when the start-up hook is off or not installed)
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
-    import authors_models  # noqa: F401  the authors_* models
+    from benchmarks import authors_hvt  # noqa: F401  the authors_* models
 
 
 def _fail(msg, code=2):
@@ -298,8 +297,7 @@ def cmd_flops(a):
 
 
 def cmd_digits(a):
-    sys.path.insert(0, str(ROOT / 'tests'))
-    from _train_helpers import export_digits
+    from benchmarks.digits import export_digits
     counts = export_digits(a.root, img_size=a.img_size, limit=a.limit or None)
     print(json.dumps(counts))
 

@@ -17,6 +17,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HELPER="$ROOT/benchmarks/gpu_run.py"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the helper imports the benchmarks package
 PY="${PYTHON:-python3}"
 SCRIPTS="${TIMM_SCRIPTS:-}"
 QUICK=0

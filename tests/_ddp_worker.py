@@ -22,14 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timm  # (HVT registered by the autoload hook, no timm_hvt import)
+from timm.optim import create_optimizer_v2
+from timm.task import ClassificationTask
+from timm.utils import unwrap_model
 
-import timm  # noqa: E402  (HVT registered by the autoload hook, no timm_hvt import)
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.task import ClassificationTask  # noqa: E402
-from timm.utils import unwrap_model  # noqa: E402
-
-from _train_helpers import TrainConfig, Trainer, relative_error, unwrapped_state  # noqa: E402
+from _train_helpers import TrainConfig, Trainer, relative_error, unwrapped_state
 
 ARCH = dict(patch_size=4, embed_dim=64, num_heads=2, depth=4)
 

@@ -1,7 +1,5 @@
 """Shared pieces of the training, digits and distributed tests.
 
-* `export_digits`: scikit-learn's bundled handwritten digits (1,797 real 8x8 scans) written out as an ImageFolder
-  (`train/<label>/*.png`, `val/<label>/*.png`), upsampled, with a stratified held-out split.
 * `Trainer`: a small training loop assembled only from the timm components timm's train.py is built from
   (`create_model`, `resolve_data_config`, `create_dataset`, `create_loader` with its train transforms and the
   prefetcher, `Mixup` / `FastCollateMixup`, the soft-target / label-smoothing losses, `ClassificationTask`,
@@ -36,36 +34,6 @@ from timm.scheduler import create_scheduler_v2
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 
 DIGITS_NUM_CLASSES = 10
-
-
-def export_digits(root: str, img_size: int = 32, val_fraction: float = 0.2, seed: int = 0,
-                  limit: Optional[int] = None) -> Dict[str, int]:
-    """Write sklearn's digits to `root` as an ImageFolder of RGB PNGs of img_size x img_size (bicubic upsampling).
-
-    The val split is a stratified `val_fraction` of the images, fixed by `seed`; `limit` keeps only the first
-    images of each split (for quick tests). Returns the number of images per split.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = np.clip(digits.images * (255. / 16.), 0, 255).round().astype(np.uint8)
-    labels = digits.target
-    train_idx, val_idx = train_test_split(
-        np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed)
-    counts = {}
-    for split, indices in (('train', train_idx), ('val', val_idx)):
-        if limit is not None:
-            indices = indices[:limit]
-        for label in range(DIGITS_NUM_CLASSES):
-            os.makedirs(os.path.join(root, split, str(label)), exist_ok=True)
-        for i in indices:
-            img = Image.fromarray(images[i], mode='L').resize((img_size, img_size), Image.BICUBIC).convert('RGB')
-            img.save(os.path.join(root, split, str(labels[i]), f'{i:04d}.png'))
-        counts[split] = len(indices)
-    assert not set(train_idx) & set(val_idx)
-    return counts
 
 
 @dataclasses.dataclass

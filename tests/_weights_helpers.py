@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Union
 import pytest
 import torch
 
-import reference_hvt
+from benchmarks import authors_hvt as reference_hvt
 
 
 def hub_id(arch: str) -> str:

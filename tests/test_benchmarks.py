@@ -19,7 +19,7 @@ MODELS = ['hvt_ti_1', 'deit_tiny_patch16_224']  # a subset keeps the test short;
 @pytest.fixture(scope='module')
 def out(tmp_path_factory):
     out = tmp_path_factory.mktemp('bench')
-    proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_hvt.py'), '--quick', '--no-progress',
+    proc = subprocess.run([sys.executable, '-m', 'benchmarks.bench_hvt', '--quick', '--no-progress',
                            '--models', ','.join(MODELS), '--out', str(out)], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

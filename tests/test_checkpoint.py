@@ -7,7 +7,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models import save_for_hf
 
-import reference_hvt
+from benchmarks import authors_hvt as reference_hvt
 from _weights_helpers import TINY, save_hub_weights
 from timm_hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn
 from timm_hvt.hvt import resample_pos_embed_1d

@@ -3,13 +3,14 @@
 The digits are written to an ImageFolder (upsampled to 32x32) with a fixed stratified 80/20 split, and a small HVT
 with two pooling stages (8x8 patches: 16 -> 7 -> 3 tokens) is trained on the train split for a few epochs with
 timm's loaders, train transforms, AdamW, warmup + cosine schedule, label smoothing and ClassificationTask
-(tests/_train_helpers.py). It must classify the 360 held-out digits at least 95% right (it reaches about 97-98%;
+(tests/_train_helpers.py, benchmarks/digits.py). It must classify the 360 held-out digits at least 95% right (it reaches about 97-98%;
 chance is 10%), which a model or pipeline that mixes up images and labels, normalises wrongly, loses the pooled
 tokens or does not train could not do. Mixup / CutMix, EMA and resuming are tested in test_training.py.
 """
 import pytest
 
-from _train_helpers import TrainConfig, export_digits, train_and_evaluate
+from _train_helpers import TrainConfig, train_and_evaluate
+from benchmarks.digits import export_digits
 
 HELD_OUT_ACCURACY = 0.95
 

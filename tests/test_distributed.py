@@ -19,7 +19,7 @@ import torch
 
 import timm
 
-from _train_helpers import export_digits
+from benchmarks.digits import export_digits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD_SIZE = 2

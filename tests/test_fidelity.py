@@ -1,12 +1,12 @@
 """The loaded models compute what the paper describes: logits against an independent reference forward
-(tests/reference_hvt.py) on the authors'-layout state dict, directly, and for the variant with the most pooling
+(benchmarks/authors_hvt.py) on the authors'-layout state dict, directly, and for the variant with the most pooling
 stages also after convert -> hub folder -> reload (the other variants' folders differ only in shapes and names;
 test_convert.py reloads hvt_ti_1's)."""
 import pytest
 import timm
 import torch
 
-import reference_hvt
+from benchmarks import authors_hvt as reference_hvt
 from _weights_helpers import caches, hub_id, save_authors_checkpoint
 from timm_hvt.convert import convert_checkpoint
 

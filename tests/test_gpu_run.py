@@ -22,8 +22,7 @@ import timm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'benchmarks' / 'gpu_run.sh'
-sys.path.insert(0, str(ROOT / 'benchmarks'))
-import gpu_run  # noqa: E402
+from benchmarks import gpu_run  # noqa: E402
 
 SCRIPT_STEPS = ['train_fp16', 'train_bf16', 'validate_fp16', 'validate_bf16', 'bench', 'train_fp16_compile',
                 'train_bf16_compile', 'validate_fp16_compile', 'validate_bf16_compile']
@@ -261,7 +260,7 @@ def test_sdpa_kernel_names():
 def test_authors_models_run_the_authors_arithmetic_in_timm(one_thread):
     """`authors_*` are timm models (benchmark.py's creation arguments accepted) whose logits are those of timm-hvt's
     model with the same weights, and which train: every weight gets a gradient."""
-    import authors_models  # noqa: F401
+    from benchmarks import authors_hvt  # noqa: F401
     import timm_hvt  # noqa: F401
     theirs = timm.create_model('authors_hvt_ti_1', in_chans=3, drop_rate=0., scriptable=False, num_classes=10)
     ours = timm.create_model('hvt_ti_1', num_classes=10).eval()

@@ -23,7 +23,8 @@ from timm.task import ClassificationTask
 from timm import utils
 from timm.utils import ModelEmaV3
 
-from _train_helpers import TrainConfig, Trainer, export_digits, relative_error, unwrapped_state
+from _train_helpers import TrainConfig, Trainer, relative_error, unwrapped_state
+from benchmarks.digits import export_digits
 
 # a small HVT: 32x32 input, 4x4 patches -> 64 tokens, pooled after blocks 0 and 2 -> 31 -> 15 tokens
 SMALL_ARCH = dict(patch_size=4, embed_dim=64, num_heads=2, depth=4)

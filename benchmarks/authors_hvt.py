@@ -1,15 +1,18 @@
-"""Test-only reference HVT forward, written from the paper's description (and /work/shared/HVT.md), independent of
-timm_hvt and of timm: plain tensor ops over a state dict in the authors' layout.
+"""The authors' HVT computation, written from the paper's description independently of timm_hvt and of timm: plain
+tensor ops over a state dict in the authors' layout. The tests hold timm-hvt's models to it; the benchmarks time it.
 
   patches (conv p x p, stride p) -> + pos_embed -> 12 pre-norm blocks; after every block that owns a
   `blocks.{i}.pos_embed`, max-pool the tokens 1D (kernel 3, stride 2) and add that embedding -> LayerNorm ->
   mean over tokens -> linear head. Attention heads are 64 channels wide.
 """
+import argparse
 import math
 from typing import Dict, List
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_model
 
 LN_EPS = 1e-6
 HEAD_DIM = 64
@@ -127,7 +130,6 @@ def random_state_dict(
 
 def authors_checkpoint(sd: Dict[str, torch.Tensor], arch: str, **args) -> Dict:
     """`sd` wrapped like the authors' training script saves it (model, optimizer, ..., args Namespace)."""
-    import argparse
     dim, pooled = VARIANTS[arch]
     width = {(): None, (0,): 12, (0, 6): 6, (0, 4, 8): 4, (0, 3, 6, 9): 3}[pooled]
     namespace = argparse.Namespace(**{
@@ -142,3 +144,46 @@ def authors_checkpoint(sd: Dict[str, torch.Tensor], arch: str, **args) -> Dict:
         'scaler': {'scale': 65536.0, 'growth_factor': 2.0, '_growth_tracker': 100},
         'args': namespace,
     }
+
+
+# --- the same computation as timm models (`authors_hvt_ti_1`, ...), for timm's own scripts and the benchmarks
+
+
+class AuthorsHVT(nn.Module):
+    """The authors' forward over a state dict in their layout, the state dict held as this module's parameters."""
+
+    def __init__(self, arch: str, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3, seed: int = 0):
+        super().__init__()
+        sd = random_state_dict(arch, seed=seed, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+        self.keys = list(sd)
+        self.weights = nn.ParameterList([nn.Parameter(v) for v in sd.values()])
+        self.num_classes = num_classes
+        # what timm's resolve_data_config reads: the same preprocessing as the hvt_* models
+        self.pretrained_cfg = dict(
+            architecture=f'authors_{arch}', input_size=(in_chans, img_size, img_size), crop_pct=0.875,
+            interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return forward.__wrapped__(dict(zip(self.keys, self.weights)), x)
+
+
+def _create(arch, pretrained=False, num_classes=1000, img_size=224, in_chans=3, **kwargs):
+    # timm's scripts pass their generic options (drop rates, global_pool, scriptable, ...) to every model: the
+    # authors' forward has no dropout and a fixed mean pooling, so they are accepted and have no effect
+    if pretrained:
+        raise ValueError(f'authors_{arch} has random weights only')
+    return AuthorsHVT(arch, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
+
+
+def _register(arch):
+    def entry(pretrained=False, **kwargs):
+        return _create(arch, pretrained=pretrained, **kwargs)
+    entry.__name__ = entry.__qualname__ = f'authors_{arch}'
+    entry.__doc__ = f"The authors' {arch} computation computation, random weights."
+    entry.__module__ = __name__
+    return register_model(entry)
+
+
+NAMES = [f'authors_{arch}' for arch in VARIANTS]
+for _arch in VARIANTS:
+    globals()[f'authors_{_arch}'] = _register(_arch)
