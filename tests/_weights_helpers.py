@@ -22,13 +22,22 @@ from benchmarks import authors_hvt as reference_hvt
 
 
 def hub_id(arch: str) -> str:
-    from timm_hvt import sources
-    return sources.hub_id(f'{arch}.in1k')
+    """The project's hub repo of `arch`'s released weights, unpinned."""
+    from timm.models import get_pretrained_cfg
+    return get_pretrained_cfg(f'{arch}.in1k').hf_hub_id.partition('@')[0]
+
+
+REVISION = 'a' * 40  # the commit a published tag's row pins
+
+
+def pinned(arch: str) -> dict:
+    """The pretrained cfg overlay of a published, pinned tag: its hub repo at REVISION."""
+    return dict(hf_hub_id=f'{hub_id(arch)}@{REVISION}')
 
 
 def release_url(arch: str) -> str:
-    from timm_hvt import sources
-    return sources.release_url(f'{arch}.in1k')
+    from timm.models import get_pretrained_cfg
+    return get_pretrained_cfg(f'{arch}.in1k').url
 
 
 def closed_port() -> int:

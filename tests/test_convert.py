@@ -11,7 +11,7 @@ import torch
 from timm.data import ImageNetInfo
 from timm.layers import resample_abs_pos_embed
 
-from _weights_helpers import assert_weights, caches, hub_id, offline_env, save_authors_checkpoint
+from _weights_helpers import REVISION, assert_weights, caches, hub_id, offline_env, pinned, save_authors_checkpoint
 from timm_hvt import CheckpointMismatchError, cli
 from timm_hvt.convert import convert_checkpoint
 
@@ -46,9 +46,10 @@ def test_convert_writes_a_hub_folder(ti_folder):
 
 
 def test_converted_folder_is_what_pretrained_loads(ti_folder, ti_checkpoint, caches):
-    caches.put_hub_repo(hub_id('hvt_ti_1'), {p.name: p for p in ti_folder.iterdir()})
+    caches.put_hub_repo(hub_id('hvt_ti_1'), {p.name: p for p in ti_folder.iterdir()}, commit=REVISION)
     caches.offline()
-    assert_weights(timm.create_model('hvt_ti_1', pretrained=True), ti_checkpoint[1])
+    assert_weights(timm.create_model('hvt_ti_1', pretrained=True, pretrained_cfg_overlay=pinned('hvt_ti_1')),
+                   ti_checkpoint[1])
     assert_weights(timm.create_model(f'hf-hub:{hub_id("hvt_ti_1")}', pretrained=True), ti_checkpoint[1])
 
 

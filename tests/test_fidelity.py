@@ -7,7 +7,7 @@ import timm
 import torch
 
 from benchmarks import authors_hvt as reference_hvt
-from _weights_helpers import caches, hub_id, save_authors_checkpoint
+from _weights_helpers import REVISION, caches, hub_id, pinned, save_authors_checkpoint
 from timm_hvt.convert import convert_checkpoint
 
 ATOL = 1e-5
@@ -32,9 +32,9 @@ def test_logits_match_the_reference(arch, caches, tmp_path):
 
     folder = tmp_path / 'hub'
     convert_checkpoint(str(source), arch, str(folder))
-    caches.put_hub_repo(hub_id(arch), {p.name: p for p in folder.iterdir()})
+    caches.put_hub_repo(hub_id(arch), {p.name: p for p in folder.iterdir()}, commit=REVISION)
     caches.offline()
-    reloaded = timm.create_model(arch, pretrained=True).eval()
+    reloaded = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=pinned(arch)).eval()
     with torch.no_grad():
         round_trip = (reloaded(images) - expected).abs().max().item()
     print(f'{arch}: max abs logits diff vs reference after convert/hub/reload {round_trip:.2e}')

@@ -5,17 +5,28 @@ import json
 
 import pytest
 import timm
+from timm.models import get_pretrained_cfg
 
-import timm_hvt.sources
+import timm_hvt.publish
 from _weights_helpers import assert_weights, caches, fake_hub, save_authors_checkpoint
 from timm_hvt import cli
-from timm_hvt.sources import RELEASED_WEIGHTS, ReleasedWeights
+from timm_hvt.hvt import RELEASE_SHA256
+from timm_hvt.sources import HubRepo, hub_repo
 
 HUB_FILES = ['README.md', 'config.json', 'model.safetensors']
+RELEASED = timm.list_pretrained('hvt_*')
 
 
 def _file_name(tag: str) -> str:
-    return RELEASED_WEIGHTS[tag].release.rsplit('/', 1)[-1]
+    return get_pretrained_cfg(tag).url.rsplit('/', 1)[-1]
+
+
+def _pasted_rows(printed: str) -> tuple:
+    """The rows publish prints to paste into hvt.py, read as that file reads them: (default_cfgs, RELEASE_SHA256)."""
+    text = printed.split('To pin them, these rows in timm_hvt/hvt.py: of default_cfgs,\n', 1)[1]
+    cfgs, hashes = text.split('\nand of RELEASE_SHA256,\n', 1)
+    hashes = '\n'.join(line for line in hashes.splitlines() if line.startswith('    '))
+    return eval('{' + cfgs + '}', {'_cfg': dict}), eval('{' + hashes + '}')
 
 
 @pytest.fixture(scope='module')
@@ -23,7 +34,7 @@ def release_files(tmp_path_factory):
     """The six release files (random weights of the real shapes), with their sha256 and state dicts."""
     folder = tmp_path_factory.mktemp('release')
     files = {}
-    for seed, tag in enumerate(RELEASED_WEIGHTS):
+    for seed, tag in enumerate(RELEASED):
         path = folder / _file_name(tag)
         state_dict = save_authors_checkpoint(path, tag.split('.')[0], seed=seed)
         files[tag] = dict(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(), state_dict=state_dict)
@@ -48,14 +59,15 @@ def test_dry_run_converts_all_six_and_prints_what_to_pin(release_files, caches, 
     assert cli.main(['publish', '--namespace', 'my-org', '--sources', str(folder), '--out', str(out), '--dry-run']) == 0
     printed = capsys.readouterr().out
     assert '6 of 6 tags converted' in printed
+    cfgs, hashes = _pasted_rows(printed)
     for tag, file in files.items():
         hub_folder = out / 'my-org' / tag
         assert sorted(p.name for p in hub_folder.iterdir()) == HUB_FILES
         assert json.loads((hub_folder / 'config.json').read_text())['architecture'] == tag.split('.')[0]
         assert f"timm.create_model('hf-hub:my-org/{tag}', pretrained=True)" in (hub_folder / 'README.md').read_text()
         assert file['sha256'] in printed
-        pin = ReleasedWeights(RELEASED_WEIGHTS[tag].release, sha256=file['sha256'])
-        assert f'    {tag!r}: {pin!r},' in printed.splitlines()  # the table row, ready to paste
+        assert hashes[tag] == file['sha256']  # the table rows, ready to paste
+        assert cfgs[tag] == dict(hf_hub_id=f'my-org/{tag}', url=get_pretrained_cfg(tag).url)  # a dry run pins nothing
         assert f'my-org/{tag}: dry run, not uploaded' in printed
     model = timm.create_model(f'local-dir:{out / "my-org" / "hvt_s_4.in1k"}', pretrained=True)
     assert_weights(model, files['hvt_s_4.in1k']['state_dict'])
@@ -78,12 +90,18 @@ def test_upload_prints_the_commits_and_a_failing_tag_does_not_stop_the_others(
     printed = capsys.readouterr().out
     commit = hashlib.sha1(b'my-org/hvt_ti_1.in1k').hexdigest()
     assert f'my-org/hvt_ti_1.in1k@{commit}' in printed.splitlines()
-    pin = ReleasedWeights('v1.0/hvt_ti_1.pth', sha256=files['hvt_ti_1.in1k']['sha256'], hub_revision=commit)
-    assert f"    'hvt_ti_1.in1k': {pin!r}," in printed.splitlines()
+    cfgs, hashes = _pasted_rows(printed)
+    assert hashes == {'hvt_ti_1.in1k': files['hvt_ti_1.in1k']['sha256']}
+    assert cfgs['hvt_ti_1.in1k']['hf_hub_id'] == f'my-org/hvt_ti_1.in1k@{commit}'
+    # pasted, the row turns the hub route on: the default route takes the pinned repo
+    cfg = get_pretrained_cfg('hvt_ti_1.in1k')
+    cfg.hf_hub_id = cfgs['hvt_ti_1.in1k']['hf_hub_id']
+    monkeypatch.delenv('TIMM_HVT_HUB_NAMESPACE', raising=False)
+    assert hub_repo(cfg) == HubRepo('my-org/hvt_ti_1.in1k', commit)
     assert [(repo, folder) for repo, folder, _ in _FakeHfApi.uploads] == [
         ('my-org/hvt_ti_1.in1k', str(out / 'my-org' / 'hvt_ti_1.in1k'))]
     failed = {line.split(':')[0]: line for line in printed.splitlines() if ': FAILED: ' in line}
-    assert sorted(failed) == sorted(tag for tag in RELEASED_WEIGHTS if tag != 'hvt_ti_1.in1k')
+    assert sorted(failed) == sorted(tag for tag in RELEASED if tag != 'hvt_ti_1.in1k')
     assert str(sources / _file_name('hvt_s_0.in1k')) in failed['hvt_s_0.in1k']
     for tag in ('hvt_s_1.in1k', 'hvt_s_4.in1k'):
         assert 'not found' in failed[tag] and str(sources / _file_name(tag)) in failed[tag]
@@ -100,8 +118,10 @@ def test_without_sources_it_takes_the_release_route(caches, tmp_path, monkeypatc
     with fake_hub() as hub:
         caches.endpoint(hub.url)
         hub.files['/releases/v1.0/hvt_ti_1.pth'] = data
-        monkeypatch.setattr(timm_hvt.sources, 'RELEASE_URL', hub.url + '/releases/{release}')
-        monkeypatch.setitem(RELEASED_WEIGHTS, 'hvt_ti_1.in1k', ReleasedWeights('v1.0/hvt_ti_1.pth', sha256=digest))
+        served = get_pretrained_cfg('hvt_ti_1.in1k')
+        served.url = hub.url + '/releases/v1.0/hvt_ti_1.pth'
+        monkeypatch.setattr(timm_hvt.publish, 'get_pretrained_cfg', lambda tag: served)  # the release, served here
+        monkeypatch.setitem(RELEASE_SHA256, 'hvt_ti_1.in1k', digest)
         status = cli.main(['publish', '--namespace', 'o', '--tag', 'hvt_ti_1.in1k', '--out', str(tmp_path / 'out'),
                            '--dry-run'])
     printed = capsys.readouterr().out

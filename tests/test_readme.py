@@ -19,7 +19,8 @@ from PIL import Image
 
 from _weights_helpers import closed_port, fake_hub, save_authors_checkpoint
 from timm_hvt.paper import PAPER_RESULTS
-from timm_hvt.sources import RELEASED_WEIGHTS, hub_id, release_url
+
+RELEASED = timm.list_pretrained('hvt_*')
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / 'README.md').read_text(encoding='utf-8')
@@ -69,8 +70,8 @@ def checkout(tmp_path_factory):
     torch_cache = home / '.cache' / 'torch' / 'hub' / 'checkpoints'
     (work / 'release').mkdir()
     torch_cache.mkdir(parents=True)
-    for seed, (tag, weights) in enumerate(RELEASED_WEIGHTS.items()):
-        file_name = weights.release.rsplit('/', 1)[-1]
+    for seed, tag in enumerate(RELEASED):
+        file_name = timm.models.get_pretrained_cfg(tag).url.rsplit('/', 1)[-1]
         save_authors_checkpoint(work / 'release' / file_name, tag.split('.')[0], seed=seed)
         (torch_cache / file_name).symlink_to(work / 'release' / file_name)
     (work / 'hvt_ti_1.pth').symlink_to(work / 'release' / 'hvt_ti_1.pth')
@@ -127,9 +128,10 @@ def test_tables_match_the_code():
         assert (paper_name, float(gmacs), float(params), float(top1), float(top5)) == (
             paper.paper_name, paper.gmacs, paper.params_m, paper.top1, paper.top5)
     weights = {row[0]: row for row in _table('## Pretrained weights')}
-    assert sorted(weights) == sorted(RELEASED_WEIGHTS) == sorted(timm.list_pretrained('hvt_*'))
+    assert sorted(weights) == sorted(RELEASED)
     for tag, (_, _, _, _, repo, release) in weights.items():
-        assert repo == hub_id(tag) and release == RELEASED_WEIGHTS[tag].release
+        cfg = timm.models.get_pretrained_cfg(tag)
+        assert repo == cfg.hf_hub_id and cfg.url.endswith('/download/' + release)
 
 
 QUOTE_LOAD = '''
@@ -153,7 +155,7 @@ def test_the_quoted_source_lines_are_what_a_load_prints(tmp_path):
         out = subprocess.run([sys.executable, '-c', QUOTE_LOAD, url], capture_output=True, text=True, env=env,
                              timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
-    printed = [line.replace(str(tmp_path), '~').replace(url, release_url('hvt_ti_1.in1k'))
+    printed = [line.replace(str(tmp_path), '~').replace(url, timm.models.get_pretrained_cfg('hvt_ti_1.in1k').url)
                for line in out.stderr.splitlines() if 'pretrained weights from' in line]
     assert len(printed) == len(quoted) == 2
     for line, quote in zip(printed, quoted):

@@ -2,8 +2,8 @@
 
 Importing this package registers the `hvt_*` models with timm's registry; nothing else of timm changes.
 """
-from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn
-from .sources import PretrainedWeightsUnavailable
+from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable
+from .hvt import HierarchicalVisionTransformer, checkpoint_filter_fn
 
 __version__ = '0.2.0'
 __all__ = [

@@ -13,6 +13,14 @@ def _figure(value: Optional[float]) -> str:
     return '-' if value is None else f'{value:.2f}'
 
 
+def _weights_source(cfg: dict) -> str:
+    """Where pretrained=True takes a variant's weights from: a pinned hub repo first, else the authors' release."""
+    tagged = f'{cfg["architecture"]}.{cfg["tag"]}'
+    if '@' in (cfg['hf_hub_id'] or ''):
+        return f'{tagged}: hf-hub:{cfg["hf_hub_id"]} (fallback {cfg["url"]})'
+    return f'{tagged}: {cfg["url"]}'
+
+
 def variant_rows() -> List[dict]:
     """One row per registered variant: measured params / GMACs at its default resolution next to the paper's."""
     import timm
@@ -35,7 +43,7 @@ def variant_rows() -> List[dict]:
             paper_params_m=paper.params_m if paper else None,
             paper_gmacs=paper.gmacs if paper else None,
             paper_top1=paper.top1 if paper else None,
-            weights=f'{name}.{cfg["tag"]}: hf-hub:{cfg["hf_hub_id"]} (fallback {cfg["url"]})' if paper else '-',
+            weights=_weights_source(cfg) if cfg['url'] else '-',
         ))
     return rows
 
@@ -59,7 +67,7 @@ def _one_line_errors(cmd):
     """Report a command's failure as one line on stderr with exit status 1, without a traceback."""
     @functools.wraps(cmd)
     def run(args: argparse.Namespace) -> int:
-        from timm_hvt.sources import describe_error
+        from timm_hvt.errors import describe_error
         try:
             return cmd(args)
         except BrokenPipeError:
@@ -83,7 +91,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 @_one_line_errors
 def cmd_push(args: argparse.Namespace) -> int:
-    from timm_hvt.convert import push_folder
+    from timm_hvt.push import push_folder
     files, commit = push_folder(
         args.folder,
         args.repo_id,
@@ -103,18 +111,16 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 @_one_line_errors
 def cmd_publish(args: argparse.Namespace) -> int:
-    from timm_hvt.publish import publish
-    from timm_hvt.sources import RELEASED_WEIGHTS
+    from timm_hvt.publish import pinned_rows, publish
     results = publish(args.namespace, sources=args.sources, out=args.out, dry_run=args.dry_run, tags=args.tag)
     failed = [r.tag for r in results if r.error]
     print(f'\n{len(results) - len(failed)} of {len(results)} tags converted'
           + ('' if args.dry_run else ' and uploaded') + (f'; failed: {", ".join(failed)}' if failed else ''))
     done = [r for r in results if not r.error]
     if done:
-        print('To pin them, these RELEASED_WEIGHTS rows of timm_hvt/sources.py:')
-        for r in done:
-            pinned = RELEASED_WEIGHTS[r.tag]._replace(sha256=r.sha256, hub_revision=r.commit or None)
-            print(f'    {r.tag!r}: {pinned!r},')
+        cfgs, hashes = pinned_rows(args.namespace, done)
+        print('To pin them, these rows in timm_hvt/hvt.py: of default_cfgs,', *cfgs, 'and of RELEASE_SHA256,', *hashes,
+              sep='\n')
     for r in done:
         repo_id = f'{args.namespace}/{r.tag}'
         print(f'{repo_id}@{r.commit}' if r.commit else f'{repo_id}: dry run, not uploaded')

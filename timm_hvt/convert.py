@@ -1,5 +1,4 @@
-"""Turning a checkpoint (the authors' release files included) into a Hugging Face Hub folder in timm's layout, and
-uploading such a folder.
+"""Turning a checkpoint (the authors' release files included) into a Hugging Face Hub folder in timm's layout.
 
 The folder holds `model.safetensors` and `config.json` (written by timm's `save_for_hf`, so `hf-hub:` and
 `local-dir:` names rebuild the model, and transformers' timm wrapper loads it too) and a `README.md` model card.
@@ -18,14 +17,12 @@ from timm.data import ImageNetInfo
 from timm.models import get_deprecated_models, load_state_dict, save_for_hf
 
 from .flops import count_gmacs, count_params
-from .hvt import CheckpointMismatchError, HierarchicalVisionTransformer, checkpoint_filter_fn, source_grid_size
+from .errors import CheckpointMismatchError, add_note
+from .hvt import HierarchicalVisionTransformer, checkpoint_filter_fn, source_grid_size
 from .paper import ARXIV_ID, PAPER_RESULTS
-from .sources import HF_HUB_NAMESPACE, add_note, sha256_of
+from .sources import HUB_NAMESPACE_ENV, PROJECT_HUB_NAMESPACE, sha256_of
 
-__all__ = [
-    'HUB_FOLDER_FILES', 'ConvertResult', 'convert_checkpoint', 'hvt_model_name', 'model_card', 'check_hub_folder',
-    'push_folder',
-]
+__all__ = ['HUB_FOLDER_FILES', 'ConvertResult', 'convert_checkpoint', 'hvt_model_name', 'model_card']
 
 HUB_FOLDER_FILES = ('model.safetensors', 'config.json', 'README.md')
 LOGITS_ATOL = 1e-5
@@ -79,9 +76,10 @@ def _model_args_for(
     return {k: v for k, v in found.items() if v != defaults[k]}
 
 
-def hvt_model_name(name: str) -> str:
+def hvt_model_name(name: str, released: bool = False) -> str:
     """`name` as a registered HVT model name, its pretrained tag kept; an alias (`scale_hvt_ti_4`) is resolved as
-    timm.create_model resolves it. ValueError for any other name."""
+    timm.create_model resolves it. With `released`, the tag of its released weights ('hvt_ti_1' -> 'hvt_ti_1.in1k').
+    ValueError for any other name."""
     aliases = {old: new for old, new in get_deprecated_models().items() if new and new.startswith('hvt_')}
     arch, _, tag = name.partition('.')
     if arch in aliases:
@@ -90,7 +88,13 @@ def hvt_model_name(name: str) -> str:
     if not (arch.startswith('hvt_') and timm.is_model(arch)):
         raise ValueError(f'{name!r} is not an HVT model: expected one of {", ".join(timm.list_models("hvt_*"))} '
                          f'(or {", ".join(aliases)}), optionally with a pretrained tag such as .in1k')
-    return f'{arch}.{tag}' if tag else arch
+    if not released:
+        return f'{arch}.{tag}' if tag else arch
+    found = [t for t in timm.list_pretrained('hvt_*') if t == f'{arch}.{tag}' or (not tag and t.split('.')[0] == arch)]
+    if len(found) != 1:
+        released = ', '.join(timm.list_pretrained('hvt_*'))
+        raise ValueError(f'{name!r} has no released weights: expected one of {released}')
+    return found[0]
 
 
 def _cost(model: HierarchicalVisionTransformer) -> Tuple[float, float]:
@@ -219,7 +223,7 @@ def convert_checkpoint(
     model.eval()
     if '.' not in model_name and model.pretrained_cfg.get('tag'):
         model_name = f'{model_name}.{model.pretrained_cfg["tag"]}'
-    repo_id = repo_id or f'{HF_HUB_NAMESPACE}/{model_name}'
+    repo_id = repo_id or f'{os.environ.get(HUB_NAMESPACE_ENV) or PROJECT_HUB_NAMESPACE}/{model_name}'
     x = torch.randn(1, model.in_chans, *model.patch_embed.img_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(x)
@@ -246,40 +250,3 @@ def convert_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ConvertResult(out_dir, model_name, repo_id, *cost, diff)
-
-
-def check_hub_folder(folder: str) -> List[Tuple[str, int]]:
-    """The files (name, bytes) of a hub folder, after checking it is one `timm-hvt convert` writes."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'{folder} not found: expected a folder written by `timm-hvt convert`')
-    missing = [name for name in HUB_FOLDER_FILES if not os.path.isfile(os.path.join(folder, name))]
-    if missing:
-        raise FileNotFoundError(f'{folder} lacks {", ".join(missing)}; write it with `timm-hvt convert`')
-    with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
-        arch = json.load(f).get('architecture')
-    if not (isinstance(arch, str) and arch.startswith('hvt_') and timm.is_model(arch)):
-        raise ValueError(f'{folder}/config.json names architecture {arch!r}, not a registered HVT model')
-    load_state_dict(os.path.join(folder, 'model.safetensors'))  # raises on a truncated or corrupt file
-    return [(name, os.path.getsize(os.path.join(folder, name))) for name in HUB_FOLDER_FILES]
-
-
-def push_folder(
-        folder: str,
-        repo_id: str,
-        private: bool = False,
-        revision: Optional[str] = None,
-        commit_message: str = 'Upload HVT weights converted by timm-hvt',
-        dry_run: bool = False,
-) -> Tuple[List[Tuple[str, int]], Optional[str]]:
-    """Upload a hub folder's files to `repo_id` (created if needed); the token comes from the HF environment /
-    login. Returns the files (name, bytes) and the commit made (None for a `dry_run`, which only checks the
-    folder)."""
-    files = check_hub_folder(folder)
-    if dry_run:
-        return files, None
-    from huggingface_hub import HfApi
-    api = HfApi()
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=[name for name, _ in files],
-                               commit_message=commit_message, revision=revision)
-    return files, commit.oid

@@ -9,8 +9,8 @@ stage (after the first block of each stage), each pooled stage adding a position
 head sees the mean of the last stage's tokens. Built from timm's own ViT parts; state dict keys follow the
 authors' release (https://github.com/zhuang-group/HVT, Apache-2.0), so their checkpoints load unchanged.
 """
-import logging
 import math
+from contextlib import nullcontext
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -44,20 +44,18 @@ from timm.models import (
 )
 from timm.models.vision_transformer import Block, get_init_weights_vit, global_pool_nlc
 
-# Private timm names, two in all. feature_take_indices: timm's own index rules for forward_intermediates and
-# prune_intermediate_layers (every timm model uses it; timm.models does not export it).
+# private: timm's index rules for forward_intermediates, which every timm model follows; timm.models does not export it
 from timm.models._features import feature_take_indices
-try:  # timm >= 1.0.31 records a resize so save_for_hf writes the new size; older releases record nothing
+try:  # private, timm >= 1.0.31: records a resize so that save_for_hf writes the new size
     from timm.models._input import update_model_input_size
 except ImportError:
     update_model_input_size = None
 
-from .paper import ARXIV_ID, PAPER_RESULTS
-from .sources import RELEASED_WEIGHTS, hub_id, pretrained_file, reading_weights, release_url
+from .errors import CheckpointMismatchError
+from .paper import ARXIV_ID
+from .sources import pretrained_weights
 
 __all__ = ['HierarchicalVisionTransformer']
-
-_logger = logging.getLogger(__name__)
 
 GLOBAL_POOL_TYPES = ('', 'avg', 'avgmax', 'max', 'token')
 POOL_TYPES = ('max', 'avg')
@@ -192,7 +190,7 @@ class PoolingBlock(Block):
             is_causal: bool = False,
     ) -> torch.Tensor:
         if torch.jit.is_scripting():
-            # TorchScript cannot call super().forward: Block.forward's body, held to it by the scripting tests
+            # TorchScript cannot call super().forward: Block.forward's body
             x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         else:
@@ -573,10 +571,6 @@ class HierarchicalVisionTransformer(nn.Module):
         return x
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint holds another architecture than the model it is loaded into."""
-
-
 def _layout(shapes: Dict[str, torch.Size]) -> Dict[str, Any]:
     """What the key names and shapes of an HVT state dict say about its architecture."""
     blocks = {int(k.split('.')[1]) for k in shapes if k.startswith('blocks.') and k.split('.')[1].isdigit()}
@@ -692,15 +686,15 @@ def checkpoint_filter_fn(
 
 def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
     out_indices = kwargs.pop('out_indices', 3)
-    weights = pretrained_file(variant, kwargs) if pretrained else None
-    with reading_weights(variant, weights, passthrough=CheckpointMismatchError):
+    # until the hub repos are published and pinned, the weights are found (or fetched) before timm reads them
+    with (pretrained_weights(variant, kwargs, RELEASE_SHA256) if pretrained else nullcontext()) as overlay:
         return build_model_with_cfg(
             HierarchicalVisionTransformer,
             variant,
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
-            **kwargs,
+            **(dict(kwargs, pretrained_cfg_overlay=overlay) if overlay else kwargs),
         )
 
 
@@ -725,87 +719,110 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-def _released_cfg(tag: str) -> Dict[str, Any]:
-    paper = PAPER_RESULTS[tag.split('.')[0]]
-    return _cfg(
-        url=release_url(tag),
-        hf_hub_id=hub_id(tag),
-        notes=(f'{paper.paper_name}: top-1 {paper.top1:.2f}, top-5 {paper.top5:.2f} (paper, ImageNet-1k val)',),
-    )
-
-
+# The hub repos hold the authors' release files converted by `timm-hvt publish`. A repo is used only once its
+# revision is pinned here ('<repo>@<commit>'); until then the weights come from the release file.
 default_cfgs = generate_default_cfgs({
-    **{tag: _released_cfg(tag) for tag in RELEASED_WEIGHTS},
-    **{f'hvt_ti_{m}': _cfg() for m in range(5) if f'hvt_ti_{m}' not in PAPER_RESULTS},
+    'hvt_ti_0': _cfg(),
+    'hvt_ti_1.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_ti_1.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.0/hvt_ti_1.pth'),
+    'hvt_ti_2': _cfg(),
+    'hvt_ti_3': _cfg(),
+    'hvt_ti_4': _cfg(),
+    'hvt_s_0.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_s_0.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.0/hvt_s_0.pth'),
+    'hvt_s_1.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_s_1.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.1/hvt_s_1.pth'),
+    'hvt_s_2.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_s_2.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.0/hvt_s_2.pth'),
+    'hvt_s_3.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_s_3.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.0/hvt_s_3.pth'),
+    'hvt_s_4.in1k': _cfg(
+        hf_hub_id='timm-hvt/hvt_s_4.in1k',
+        url='https://github.com/zhuang-group/HVT/releases/download/v1.0/scale_hvt_ti_4.pth'),
 })
+
+# sha256 of each tag's release file (None: not yet known), checked on download and before a cached copy is used
+RELEASE_SHA256: Dict[str, Optional[str]] = {
+    'hvt_ti_1.in1k': None,
+    'hvt_s_0.in1k': None,
+    'hvt_s_1.in1k': None,
+    'hvt_s_2.in1k': None,
+    'hvt_s_3.in1k': None,
+    'hvt_s_4.in1k': None,
+}
 
 
 @register_model
 def hvt_ti_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-Ti without pooling: DeiT-Ti without class token, mean-pooled."""
+    """HVT-Ti without pooling (M=0)."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=0)
     return _create_hvt('hvt_ti_0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-Ti-1 (paper: 0.64 GFLOPs, 5.74M params, 69.64 top-1)."""
+    """HVT-Ti-1: one pooling stage."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=1)
     return _create_hvt('hvt_ti_1', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-Ti with 2 pooling stages, after blocks 0 and 6 (not in the paper; no released weights)."""
+    """HVT-Ti with 2 pooling stages."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=2)
     return _create_hvt('hvt_ti_2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-Ti with 3 pooling stages, after blocks 0, 4 and 8 (not in the paper; no released weights)."""
+    """HVT-Ti with 3 pooling stages."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=3)
     return _create_hvt('hvt_ti_3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_ti_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-Ti with 4 pooling stages, after blocks 0, 3, 6 and 9 (not in the paper; no released weights)."""
+    """HVT-Ti with 4 pooling stages."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_pool_stages=4)
     return _create_hvt('hvt_ti_4', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_0(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-S without pooling (paper: 4.57 GFLOPs, 22.05M params, 80.39 top-1)."""
+    """HVT-S without pooling (M=0)."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=0)
     return _create_hvt('hvt_s_0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_1(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-S-1 (paper: 2.40 GFLOPs, 22.09M params, 78.00 top-1)."""
+    """HVT-S-1: one pooling stage."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=1)
     return _create_hvt('hvt_s_1', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_2(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-S-2 (paper: 1.94 GFLOPs, 22.11M params, 77.36 top-1)."""
+    """HVT-S-2: two pooling stages."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=2)
     return _create_hvt('hvt_s_2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_3(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-S-3 (paper: 1.62 GFLOPs, 22.11M params, 76.32 top-1)."""
+    """HVT-S-3: three pooling stages."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=3)
     return _create_hvt('hvt_s_3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def hvt_s_4(pretrained: bool = False, **kwargs) -> HierarchicalVisionTransformer:
-    """HVT-S-4, the paper's "Scale HVT-Ti-4" (1.39 GFLOPs, 22.12M params, 75.23 top-1)."""
+    """HVT-S-4, the paper's "Scale HVT-Ti-4": four pooling stages."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_pool_stages=4)
     return _create_hvt('hvt_s_4', pretrained=pretrained, **dict(model_args, **kwargs))
 

@@ -1,17 +1,22 @@
 """`timm-hvt publish`: every released tag's checkpoint of the authors, converted into a verified hub folder and
-uploaded to '<namespace>/<tag>', with what is needed to pin it (the source file's sha256 and the commit made).
+uploaded to '<namespace>/<tag>', with what is needed to pin it: the source file's sha256 and the commit made.
 
 Each tag's source is a file under `--sources` named as in the authors' release, or else the release file that
 `pretrained=True` would use (torch's hub cache, downloaded once, its sha256 checked where known). One tag's failure
 does not stop the others.
 """
 import os
-from typing import Callable, Iterable, List, NamedTuple, Optional
+from typing import Callable, Iterable, List, NamedTuple, Optional, Tuple
 
-from .convert import convert_checkpoint, hvt_model_name, push_folder
-from .sources import RELEASED_WEIGHTS, describe_error, fetch_release, release_url, sha256_of
+from timm.models import get_pretrained_cfg, list_pretrained
 
-__all__ = ['PublishedTag', 'publish']
+from .convert import convert_checkpoint, hvt_model_name
+from .errors import describe_error
+from .hvt import RELEASE_SHA256
+from .push import push_folder
+from .sources import fetch_release, sha256_of
+
+__all__ = ['PublishedTag', 'publish', 'pinned_rows']
 
 
 class PublishedTag(NamedTuple):
@@ -23,22 +28,13 @@ class PublishedTag(NamedTuple):
     error: Optional[str] = None
 
 
-def _released_tag(name: str) -> str:
-    """The released tag a model name means: 'hvt_ti_1', 'hvt_ti_1.in1k' and the alias 'scale_hvt_ti_4' all work."""
-    name = hvt_model_name(name)
-    found = [tag for tag in RELEASED_WEIGHTS if tag == name or tag.split('.')[0] == name]
-    if len(found) != 1:
-        raise ValueError(f'{name!r} has no released weights: expected one of {", ".join(RELEASED_WEIGHTS)}')
-    return found[0]
-
-
 def _source_file(tag: str, sources: Optional[str], cache_dir: Optional[str]) -> str:
-    file_name = RELEASED_WEIGHTS[tag].release.rsplit('/', 1)[-1]
+    url = get_pretrained_cfg(tag).url
     if sources is None:
-        return fetch_release(release_url(tag), cache_dir)[0]
-    path = os.path.join(sources, file_name)
+        return fetch_release(url, RELEASE_SHA256.get(tag), cache_dir)[0]
+    path = os.path.join(sources, url.rsplit('/', 1)[-1])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} not found: --sources must hold the authors\' release file {file_name}')
+        raise FileNotFoundError(f"{path} not found: --sources must hold the authors' release file of {tag}")
     return path
 
 
@@ -47,7 +43,7 @@ def _publish_tag(tag: str, namespace: str, sources: Optional[str], out: str, dry
     source = _source_file(tag, sources, cache_dir)
     digest = sha256_of(source)
     say(f'{tag}: source {source}, sha256 {digest}')
-    known = RELEASED_WEIGHTS[tag].sha256
+    known = RELEASE_SHA256.get(tag)
     if known and digest != known:
         raise ValueError(f'{source} has sha256 {digest}, but the release file of {tag} has {known}')
     repo_id = f'{namespace}/{tag}'
@@ -69,8 +65,8 @@ def publish(
         cache_dir: Optional[str] = None,
         say: Callable[[str], None] = print,
 ) -> List[PublishedTag]:
-    """Convert (and, unless `dry_run`, upload) each tag of RELEASED_WEIGHTS (or of `tags`); one result per tag."""
-    tags = list(RELEASED_WEIGHTS) if tags is None else [_released_tag(name) for name in tags]
+    """Convert (and, unless `dry_run`, upload) each released tag (or each of `tags`); one result per tag."""
+    tags = list_pretrained('hvt_*') if tags is None else [hvt_model_name(name, released=True) for name in tags]
     results = []
     for tag in tags:
         try:
@@ -79,3 +75,17 @@ def publish(
             say(f'{tag}: FAILED: {describe_error(e)}')
             results.append(PublishedTag(tag, error=describe_error(e)))
     return results
+
+
+def pinned_rows(namespace: str, results: Iterable[PublishedTag]) -> Tuple[List[str], List[str]]:
+    """For each published tag: its `default_cfgs` entry pinned to the commit made, and its `RELEASE_SHA256` entry,
+    as lines to paste into timm_hvt/hvt.py."""
+    cfgs, hashes = [], []
+    for r in results:
+        if r.error:
+            continue
+        repo = f'{namespace}/{r.tag}' + (f'@{r.commit}' if r.commit else '')
+        url = get_pretrained_cfg(r.tag).url
+        cfgs.append(f"    '{r.tag}': _cfg(\n        hf_hub_id='{repo}',\n        url='{url}'),")
+        hashes.append(f"    '{r.tag}': '{r.sha256}',")
+    return cfgs, hashes

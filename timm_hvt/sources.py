@@ -1,59 +1,31 @@
-"""Where the pretrained weights of the HVT models come from: this project's Hugging Face Hub repos, else the authors'
-release files, files on disk before the network, and one log line that names the source.
+"""Where the pretrained weights of the HVT models come from, for `create_model(..., pretrained=True)`.
 
-`RELEASED_WEIGHTS` is the one table of the released tags: each tag's hub repo (and the commit to pin, once
-published) and the authors' release file (and its sha256, once known; checked on download). Imports neither the
-model nor the CLI: the model file asks this module for a local file, then timm reads it.
+A tag's weights come from its Hugging Face Hub repo only where the package pins that repo's revision (the
+`@<commit>` of its `hf_hub_id` in `hvt.default_cfgs`) or the user names their own namespace
+(`TIMM_HVT_HUB_NAMESPACE`); otherwise, and when the hub has nothing, from the authors' release file, checked
+against its sha256 where `hvt.RELEASE_SHA256` knows it. Files on disk are used before the network; one log line
+names the source. `hf-hub:` and `local-dir:` names, a given file or state dict are left to timm.
 """
 import hashlib
 import logging
 import os
 import re
+import tempfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+
+from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable, add_note, first_line
 
 __all__ = [
-    'HF_HUB_NAMESPACE', 'RELEASED_WEIGHTS', 'PretrainedWeightsUnavailable', 'ReleasedWeights', 'add_note',
-    'describe_error', 'fetch_pretrained', 'fetch_release', 'hub_id', 'release_url', 'sha256_of',
+    'HUB_NAMESPACE_ENV', 'PROJECT_HUB_NAMESPACE', 'HubRepo', 'fetch_release', 'hub_repo', 'pretrained_weights',
+    'sha256_of',
 ]
 
 _logger = logging.getLogger(__name__)
 
 PROJECT_HUB_NAMESPACE = 'timm-hvt'
-HF_HUB_NAMESPACE = os.environ.get('TIMM_HVT_HUB_NAMESPACE') or PROJECT_HUB_NAMESPACE
+HUB_NAMESPACE_ENV = 'TIMM_HVT_HUB_NAMESPACE'  # the user's own namespace: its repos are used unpinned
 HUB_FILENAME = 'model.safetensors'
-RELEASE_URL = 'https://github.com/zhuang-group/HVT/releases/download/{release}'
-
-
-class ReleasedWeights(NamedTuple):
-    release: str  # '<release tag>/<file>' of the authors' GitHub release
-    sha256: Optional[str] = None  # of that file, as `timm-hvt publish` prints it; checked on download when known
-    hub_revision: Optional[str] = None  # the commit `timm-hvt publish` made in '<namespace>/<tag>', to pin it
-
-
-# keyed by timm's tagged model name, which is also the hub repo's name under HF_HUB_NAMESPACE
-RELEASED_WEIGHTS: Dict[str, ReleasedWeights] = {
-    'hvt_ti_1.in1k': ReleasedWeights('v1.0/hvt_ti_1.pth'),
-    'hvt_s_0.in1k': ReleasedWeights('v1.0/hvt_s_0.pth'),
-    'hvt_s_1.in1k': ReleasedWeights('v1.1/hvt_s_1.pth'),
-    'hvt_s_2.in1k': ReleasedWeights('v1.0/hvt_s_2.pth'),
-    'hvt_s_3.in1k': ReleasedWeights('v1.0/hvt_s_3.pth'),
-    'hvt_s_4.in1k': ReleasedWeights('v1.0/scale_hvt_ti_4.pth'),
-}
-
-
-def hub_id(tag: str) -> str:
-    """'<namespace>/<tag>', with '@<commit>' once the project's repo is pinned (not for another namespace)."""
-    revision = RELEASED_WEIGHTS[tag].hub_revision if HF_HUB_NAMESPACE == PROJECT_HUB_NAMESPACE else None
-    return f'{HF_HUB_NAMESPACE}/{tag}' + (f'@{revision}' if revision else '')
-
-
-def release_url(tag: str) -> str:
-    return RELEASE_URL.format(release=RELEASED_WEIGHTS[tag].release)
-
-
-def _known_sha256(url: str) -> Optional[str]:
-    return next((w.sha256 for tag, w in RELEASED_WEIGHTS.items() if release_url(tag) == url), None)
 
 
 def sha256_of(path: str) -> str:
@@ -64,123 +36,121 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """None of a model's pretrained weight sources could be had, or the file in the cache cannot be read."""
-
-
-def add_note(e: BaseException, note: str) -> None:
-    """Name the file an error came from without changing its type or message (Python >= 3.11 shows notes)."""
-    if hasattr(e, 'add_note'):
-        e.add_note(note)
-
-
-def describe_error(e: BaseException) -> str:
-    """An error as one line: its type, message and notes."""
-    text = ' '.join([*str(e).split(), *' '.join(getattr(e, '__notes__', ())).split()])
-    return f'{type(e).__name__}: {text}' if text else type(e).__name__
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
-
-
-def _release_cache(url: str, cache_dir: Optional[str]) -> Tuple[str, str]:
+def _release_path(url: str, cache_dir: Optional[str]) -> str:
     import torch
-    folder = cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints')
-    return folder, os.path.join(folder, url.rsplit('/', 1)[-1])
+    return os.path.join(cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints'), url.rsplit('/', 1)[-1])
 
 
-def fetch_release(url: str, cache_dir: Optional[str] = None) -> Tuple[str, bool]:
-    """The authors' release file of `url` in torch's hub directory (`cache_dir` if given), downloaded there first
-    unless it is there already (its sha256 checked when RELEASED_WEIGHTS knows it). Returns (path, downloaded)."""
+def _check_sha256(path: str, sha256: Optional[str], what: str) -> None:
+    if sha256 is None:
+        return
+    found = sha256_of(path)
+    if found != sha256:
+        raise PretrainedWeightsUnavailable(
+            f'{path} ({what}) has sha256 {found}, but the release file has {sha256}. Delete {path}; it is '
+            f'downloaded again on the next load.')
+
+
+def fetch_release(url: str, sha256: Optional[str] = None, cache_dir: Optional[str] = None) -> Tuple[str, bool]:
+    """The authors' release file `url` in torch's hub cache (or `cache_dir`), downloaded there unless present; a
+    known `sha256` is checked on the cached file and on the download (a mismatched download is not kept). Returns
+    (path, downloaded)."""
     import torch
     from huggingface_hub import constants
-    folder, path = _release_cache(url, cache_dir)
+    path = _release_path(url, cache_dir)
     if os.path.isfile(path):
+        _check_sha256(path, sha256, 'in the torch hub cache')
         return path, False
     if constants.HF_HUB_OFFLINE:
         raise FileNotFoundError(f'HF_HUB_OFFLINE is set and {path} does not exist')
-    os.makedirs(folder, exist_ok=True)
-    torch.hub.download_url_to_file(url, path, hash_prefix=_known_sha256(url), progress=False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, part = tempfile.mkstemp(prefix=os.path.basename(path) + '.', suffix='.part', dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        torch.hub.download_url_to_file(url, part, progress=False)
+        _check_sha256(part, sha256, f'downloaded from {url}')
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
     return path, True
 
 
-def _hub_file(cfg: Any, cache_dir: Optional[str], cached_only: bool) -> Optional[str]:
-    """The hub repo's file: with `cached_only`, its path in the HF cache or None (asking no server at all)."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+class HubRepo(NamedTuple):
+    repo_id: str
+    revision: Optional[str]  # None: the repo's main branch, unpinned
+
+    def __str__(self) -> str:
+        return f'{self.repo_id}@{self.revision}' if self.revision else f'{self.repo_id} (unpinned)'
+
+
+def hub_repo(cfg: Any) -> Optional[HubRepo]:
+    """The hub repo the default route may take a tag's weights from: the user's namespace when
+    TIMM_HVT_HUB_NAMESPACE names one (pinned or not), else the cfg's repo only where its revision is pinned."""
+    if not cfg.hf_hub_id:
+        return None
     repo_id, _, revision = cfg.hf_hub_id.partition('@')
-    filename = cfg.hf_hub_filename or HUB_FILENAME
-    if cached_only:
-        path = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision or None)
+    namespace = os.environ.get(HUB_NAMESPACE_ENV)
+    if namespace and namespace != repo_id.split('/')[0]:
+        return HubRepo(f'{namespace}/{repo_id.split("/", 1)[1]}', None)
+    return HubRepo(repo_id, revision) if revision or namespace else None
+
+
+def _hub_file(repo: HubRepo, filename: str, cache_dir: Optional[str], cached_only: bool) -> Optional[str]:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    if cached_only:  # asks no server at all
+        path = try_to_load_from_cache(repo.repo_id, filename, cache_dir=cache_dir, revision=repo.revision)
         return path if isinstance(path, str) else None
-    return hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache_dir)
+    return hf_hub_download(repo.repo_id, filename, revision=repo.revision, cache_dir=cache_dir)
 
 
-def fetch_pretrained(cfg: Any, cache_dir: Optional[str] = None) -> str:
-    """Local path of the weights pretrained cfg `cfg` names, from the first of: the hub repo's file in the HF cache,
-    the authors' release file in torch's hub cache, a download from the hub, a download of the release file. Logs
-    one line (a warning, so that it shows by default) naming the source."""
+def _fetch(cfg: Any, release_sha256: Mapping[str, Optional[str]], cache_dir: Optional[str]) -> str:
+    """The first of: the hub repo's file in the HF cache, the release file in torch's hub cache, a hub download, a
+    release download. Logs one line, at WARNING so that it shows by default, naming the source."""
     from huggingface_hub import constants
     name = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
     url = (cfg.url if isinstance(cfg.url, str) else cfg.url[0]) if cfg.url else None  # timm also takes (url, file)
+    sha256 = release_sha256.get(name)
+    repo = hub_repo(cfg)
+    filename = cfg.hf_hub_filename or HUB_FILENAME
     hf_cache = cache_dir or constants.HF_HUB_CACHE
-    release_folder, release_path = _release_cache(url, cache_dir) if url else (None, None)
 
-    path = _hub_file(cfg, cache_dir, cached_only=True) if cfg.hf_hub_id else None
+    path = _hub_file(repo, filename, cache_dir, cached_only=True) if repo else None
     if path:
-        _logger.warning(f'{name}: pretrained weights from the Hugging Face Hub repo {cfg.hf_hub_id}, found in the '
-                        f'HF cache ({path})')
+        _logger.warning(f'{name}: pretrained weights from the Hugging Face Hub repo {repo}, found in the HF cache '
+                        f'({path})')
         return path
-    if url and os.path.isfile(release_path):
-        hub = f'; the hub repo {cfg.hf_hub_id} is not in the HF cache {hf_cache}' if cfg.hf_hub_id else ''
+    release_path = _release_path(url, cache_dir) if url else None
+    if release_path and os.path.isfile(release_path):
+        _check_sha256(release_path, sha256, 'in the torch hub cache')
+        hub = f'; the hub repo {repo} is not in the HF cache {hf_cache}' if repo else ''
         _logger.warning(f"{name}: pretrained weights from the authors' release {url}, found in the torch hub cache "
                         f"({release_path}), converted on load{hub}")
         return release_path
 
-    failures = []
-    if cfg.hf_hub_id:
+    failures: List[str] = []
+    if repo:
         try:
-            path = _hub_file(cfg, cache_dir, cached_only=False)
+            path = _hub_file(repo, filename, cache_dir, cached_only=False)
         except Exception as e:  # missing repo or file, hub unreachable, offline
-            failures.append(f'Hugging Face Hub {cfg.hf_hub_id}: {_first_line(e)} [HF cache {hf_cache}]')
+            failures.append(f'Hugging Face Hub {repo}: {first_line(e)} [HF cache {hf_cache}]')
         else:
-            _logger.warning(f'{name}: pretrained weights from the Hugging Face Hub repo {cfg.hf_hub_id}, downloaded '
-                            f'to {path}')
+            _logger.warning(f'{name}: pretrained weights from the Hugging Face Hub repo {repo}, downloaded to {path}')
             return path
     if url:
         try:
-            path, _ = fetch_release(url, cache_dir)
+            path, _ = fetch_release(url, sha256, cache_dir)
+        except PretrainedWeightsUnavailable:
+            raise
         except Exception as e:
-            failures.append(f"authors' release {url}: {_first_line(e)} [torch hub cache {release_folder}]")
+            where = os.path.dirname(release_path)
+            failures.append(f"authors' release {url}: {first_line(e)} [torch hub cache {where}]")
         else:
             hub = f'. Not from the hub: {failures[0]}' if failures else ''
             _logger.warning(f"{name}: pretrained weights from the authors' release {url}, downloaded to {path}, "
                             f"converted on load{hub}")
             return path
     raise PretrainedWeightsUnavailable(f'No pretrained weights for {name} could be had: {" | ".join(failures)}')
-
-
-class WeightsFile(NamedTuple):
-    path: str  # what timm reads: a file, or an hf-hub id
-    cached: bool  # fetched by fetch_pretrained into a cache it manages
-
-
-def pretrained_file(variant: str, kwargs: Dict[str, Any]) -> WeightsFile:
-    """For `create_model(variant, pretrained=True, **kwargs)`: make sure timm finds a local file, fetched before the
-    model is built (so a missing source leaves no half-made model); kwargs' pretrained_cfg_overlay is pointed at it.
-    hf-hub: / local-dir: names, a given file or state dict are left to timm, as for any timm model."""
-    from timm.models import resolve_pretrained_cfg
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    if cfg.source in ('hf-hub', 'local-dir') or cfg.file or cfg.state_dict:
-        return WeightsFile(cfg.file or cfg.hf_hub_id, cached=False)
-    if not (cfg.hf_hub_id or cfg.url):
-        raise PretrainedWeightsUnavailable(
-            f'{variant} has no pretrained weights (the authors released none for it). Use pretrained=False, '
-            f'or give a file: pretrained_cfg_overlay=dict(file=...) or checkpoint_path=...')
-    path = fetch_pretrained(cfg, kwargs.get('cache_dir'))
-    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=path)
-    return WeightsFile(path, cached=True)
 
 
 _UNSUPPORTED_GLOBALS = re.compile(r'(?i)unsupported globals?:? (?:GLOBAL )?([\w.]+(?:, [\w.]+)*)')
@@ -195,7 +165,7 @@ def _why_unreadable(path: str) -> Optional[str]:
         found = _UNSUPPORTED_GLOBALS.search(f'{e} {e.__cause__ or ""}')  # torch < 2.6 names it in the cause
         if found:
             return f'{type(e).__name__}: it holds pickled objects that weights-only loading refuses ({found.group(1)})'
-        first = _first_line(e)
+        first = first_line(e)
         return type(e).__name__ if 'weights_only' in first else first
     return None
 
@@ -209,20 +179,34 @@ def _damaged(variant: str, path: str, why: str) -> PretrainedWeightsUnavailable:
 
 
 @contextmanager
-def reading_weights(
+def pretrained_weights(
         variant: str,
-        weights: Optional[WeightsFile],
-        passthrough: Union[Type[BaseException], Tuple[Type[BaseException], ...]] = (),
-) -> Iterator[None]:
-    """While building `variant` with `weights`: an error gets a note naming them; if the file came from a cache and
-    cannot be read at all, the error says so and how to recover instead."""
+        kwargs: Mapping[str, Any],
+        release_sha256: Mapping[str, Optional[str]],
+) -> Iterator[Optional[Dict[str, Any]]]:
+    """For building `create_model(variant, pretrained=True, **kwargs)`: yields the pretrained cfg overlay that points
+    timm at a local file, fetched before the model is built (so a missing source leaves no half-made model), or
+    None where timm finds the weights itself. An error raised while building names the weights; a cached file that
+    cannot be read at all is reported as such, with the way out."""
+    from timm.models import resolve_pretrained_cfg
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay)
+    cached = None
+    if cfg.source in ('hf-hub', 'local-dir') or cfg.file or cfg.state_dict:
+        path = cfg.file or cfg.hf_hub_id
+    elif cfg.hf_hub_id or cfg.url:
+        path = cached = _fetch(cfg, release_sha256, kwargs.get('cache_dir'))
+    else:
+        raise PretrainedWeightsUnavailable(
+            f'{variant} has no pretrained weights (the authors released none for it). Use pretrained=False, '
+            f'or give a file: pretrained_cfg_overlay=dict(file=...) or checkpoint_path=...')
     try:
-        yield
+        yield dict(overlay or {}, file=cached) if cached else None
+    except CheckpointMismatchError:
+        raise
     except Exception as e:
-        if weights is None or isinstance(e, passthrough):
-            raise
-        why = _why_unreadable(weights.path) if weights.cached else None
+        why = _why_unreadable(cached) if cached else None
         if why:
-            raise _damaged(variant, weights.path, why) from None
-        add_note(e, f'(while building {variant} with the pretrained weights of {weights.path})')
+            raise _damaged(variant, cached, why) from None
+        add_note(e, f'(while building {variant} with the pretrained weights of {path})')
         raise
