@@ -42,6 +42,7 @@ def test_convert_writes_a_hub_folder(ti_folder):
     assert 'https://arxiv.org/abs/2103.10619' in card
     assert '| hvt_ti_1.in1k | 5.74 | 0.64 | 69.64 | 89.40 |' in card
     assert "timm.create_model('hf-hub:timm-hvt/hvt_ti_1.in1k', pretrained=True)" in card
+    assert 'pip install .' in card and 'pip install timm-hvt' not in card  # not on PyPI: where it installs from
     assert '@inproceedings{' in card and 'Hierarchical Pooling' in card
 
 

@@ -142,8 +142,8 @@ for _ in range(2):
 
 
 def test_the_quoted_source_lines_are_what_a_load_prints(tmp_path):
-    # the README's two lines, from a fresh interpreter: first load downloaded (the hub repo missing), then cached
-    quoted = re.search(r'```text\n(.*?)```', README[README.index('**The hub repos are not published yet.**'):],
+    # the README's two lines, from a fresh interpreter: first load downloaded (no hub repo pinned), then cached
+    quoted = re.search(r'```text\n(.*?)```', README[README.index('## Pretrained weights'):],
                        flags=re.S).group(1).splitlines()
     source = tmp_path / 'hvt_ti_1.pth'
     save_authors_checkpoint(source, 'hvt_ti_1', depth=2)
@@ -180,7 +180,8 @@ def test_the_paper_augmentation_behaves_as_the_readme_says():
     # under Pillow >= 13 the paper's string fails within a few thousand draws; before, those draws were black
     import PIL
     from timm.data import create_transform
-    assert '`--aa rand-m9-mstd0.5-inc1`' in README and '`pillow<13`' in README
+    notes = (ROOT / 'docs' / 'training.md').read_text(encoding='utf-8')
+    assert '`--aa rand-m9-mstd0.5-inc1`' in notes and '`pillow<13`' in notes
     transform = create_transform(224, is_training=True, auto_augment='rand-m9-mstd0.5-inc1')
     image = Image.new('RGB', (256, 256), (120, 80, 200))
     random.seed(0)

@@ -154,7 +154,8 @@ stage's tokens.
 {results}
 
 ## Usage
-With `pip install timm-hvt` (which registers the HVT models with timm):
+Install timm-hvt from a checkout of its source repository with `pip install .` (it is not on PyPI yet); it
+registers the HVT models with timm:
 ```python
 import timm, torch
 from PIL import Image
