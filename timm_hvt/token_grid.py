@@ -30,7 +30,8 @@ def spread_tokens(tokens: torch.Tensor, grid_size: List[int], num_pools: int, st
         for _ in range(num_pools):
             divisor *= stride
         index = torch.div(torch.arange(H * W, device=tokens.device), divisor, rounding_mode='floor')
-        tokens = tokens.index_select(1, index.clamp(max=N - 1))
+        # gathered straight into the (B, C, H * W) layout: one new tensor per map, no transposed copy after
+        return tokens.transpose(1, 2).index_select(2, index.clamp(max=N - 1)).view(B, C, H, W)
     return tokens.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
 
 
