@@ -3,10 +3,11 @@ FX and torch.export of a `dynamic_img_size` model give them at any input size.
 
 Each model is captured once with torch.export (batch dimension symbolic); the ONNX model is translated from that
 same ExportedProgram by torch.onnx.export (the dynamo exporter), checked with onnx.checker and run in onnxruntime.
-The dynamic-size model is scripted (built under timm's set_scriptable), traced (torch.fx.symbolic_trace and timm's
-create_feature_extractor) and exported with a symbolic height and width, each run at a square and a non-square
-size. Outputs must match eager within RTOL of the largest logit: the other runtime's kernels round differently, so
-the bound is relative to the size of the values.
+The dynamic-size model, as a classifier and as a `features_only` backbone (NCHW maps on the patch grid), is scripted
+(built under timm's set_scriptable), traced (torch.fx.symbolic_trace, and timm's create_feature_extractor for the
+classifier) and exported with a symbolic batch, height and width, each run at a square and a non-square size.
+Outputs must match eager within RTOL of their largest value: the other runtime's kernels round differently, so the
+bound is relative to the size of the values.
 Needs the `test` extra (onnx, onnxscript, onnxruntime); without it these tests fail, they do not skip.
 """
 import numpy as np
@@ -93,26 +94,33 @@ def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
 
 # 4 blocks pooled after blocks 0 and 2, built for 96x96 (a 6x6 patch grid) and run at 6x6 and 4x8
 DYNAMIC_SIZES = ((96, 96), (64, 128))
+# the classifier, and a backbone of the same blocks: NCHW maps on the patch grid of blocks 0 (pooled once) and 3
+# (pooled twice), with a class token kept off the grid
+DYNAMIC_MODELS = {'logits': dict(num_classes=10), 'maps': dict(features_only=True, out_indices=(0, 3), class_token=True)}
 
 
-@pytest.fixture(scope='module')
-def dynamic_model():
+@pytest.fixture(scope='module', params=list(DYNAMIC_MODELS))
+def dynamic_model(request):
     torch.manual_seed(0)
     with set_scriptable(True):
-        model = timm.create_model('hvt_ti_2', img_size=96, depth=4, num_classes=10, dynamic_img_size=True).eval()
+        model = timm.create_model(
+            'hvt_ti_2', img_size=96, depth=4, dynamic_img_size=True, **DYNAMIC_MODELS[request.param]).eval()
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(2, 3, h, w, generator=g) for h, w in DYNAMIC_SIZES]
     with torch.no_grad():
         expected = [model(x) for x in inputs]
+    if request.param == 'maps':
+        assert [[tuple(m.shape) for m in maps] for maps in expected] == [[(2, 192, 6, 6)] * 2, [(2, 192, 4, 8)] * 2]
     return model, inputs, expected
 
 
 def _assert_matches_eager(what, outputs, expected):
     for x, out, ref in zip(DYNAMIC_SIZES, outputs, expected):
-        assert out.shape == ref.shape
-        diff, scale = (out - ref).abs().max().item(), ref.abs().max().item()
-        print(f'{what} at {x[0]}x{x[1]}: max abs diff {diff:.2e} (|logits| max {scale:.2f})')
-        assert diff <= RTOL * scale
+        for o, r in zip(*((out, ref) if isinstance(ref, list) else ([out], [ref]))):
+            assert o.shape == r.shape
+            diff, scale = (o - r).abs().max().item(), r.abs().max().item()
+            print(f'{what} at {x[0]}x{x[1]}: max abs diff {diff:.2e} (|output| max {scale:.2f})')
+            assert diff <= RTOL * scale
 
 
 def test_torchscript_at_any_size(dynamic_model):
@@ -126,12 +134,14 @@ def test_torchscript_at_any_size(dynamic_model):
 
 def test_fx_at_any_size(dynamic_model):
     model, inputs, expected = dynamic_model
-    traced = torch.fx.symbolic_trace(model)
-    extractor = create_feature_extractor(model, return_nodes={'head': 'logits'})
+    graphs = [torch.fx.symbolic_trace(model)]
     with torch.no_grad():
-        _assert_matches_eager('torch.fx', [traced(x) for x in inputs], expected)
-        _assert_matches_eager('create_feature_extractor', [extractor(x)['logits'] for x in inputs], expected)
-    for graph in (traced, extractor):
+        _assert_matches_eager('torch.fx', [graphs[0](x) for x in inputs], expected)
+    if hasattr(model, 'head'):  # timm's FX feature extraction reads the classifier's nodes
+        graphs.append(create_feature_extractor(model, return_nodes={'head': 'logits'}))
+        with torch.no_grad():
+            _assert_matches_eager('create_feature_extractor', [graphs[1](x)['logits'] for x in inputs], expected)
+    for graph in graphs:
         with pytest.raises(ValueError, match='2x2'):
             graph(torch.randn(1, 3, 32, 32))
 

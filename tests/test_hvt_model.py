@@ -16,6 +16,7 @@ from timm.optim import create_optimizer_v2
 from timm_hvt.flops import count_gmacs, count_params
 from timm.models.vision_transformer import Block
 
+from timm_hvt import tokens_to_grid
 from timm_hvt.hvt import HierarchicalVisionTransformer, PoolingBlock, pool_block_indices, pool_tokens
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
@@ -318,17 +319,22 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(g0, g1)
 
 
-def test_forward_intermediates_tokens_per_block():
+def test_forward_intermediates_tokens_and_maps_per_block():
     model = _small(depth=4, num_pool_stages=2).eval()  # pooled after blocks 0 and 2
     x = torch.randn(2, 3, 64, 64)
-    final, inter = model.forward_intermediates(x)
+    final, inter = model.forward_intermediates(x, output_fmt='NLC')
     assert [t.shape[1] for t in inter] == [31, 31, 15, 15]
     torch.testing.assert_close(final, model.forward_features(x))
-    only = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+    only = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True, output_fmt='NLC')
     torch.testing.assert_close(only[0], inter[1])
-    for model in (model, _small(num_pool_stages=0)):  # pooled tokens form no 2D map: NLC only, with or without M
-        with pytest.raises(ValueError, match='NLC'):
-            model.forward_intermediates(x, output_fmt='NCHW')
+    # NCHW, the default: each block's tokens on the 8x8 patch grid (tests/test_backbone.py checks the index)
+    maps = model.forward_intermediates(x, indices=[3, 1], intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 8, 8)] * 2
+    for m, t in zip(maps, (inter[1], inter[3])):  # in block order, as the tokens
+        torch.testing.assert_close(m, tokens_to_grid(t, (8, 8)))
+    for model in (model, _small(num_pool_stages=0)):
+        with pytest.raises(ValueError, match='NHWC'):
+            model.forward_intermediates(x, output_fmt='NHWC')
 
 
 @pytest.mark.smoke
@@ -341,8 +347,9 @@ def test_prune_intermediate_layers_and_features_only():
     assert len(pruned.blocks) == 2 and pruned.num_classes == 0
     torch.testing.assert_close(pruned.forward_intermediates(x, indices=[1], intermediates_only=True)[0], inter[1])
     features = timm.create_model('hvt_ti_4', features_only=True, out_indices=(0, 5, 11)).eval()
-    out = features(torch.randn(1, 3, 224, 224))
-    assert [o.shape for o in out] == [(1, 97, 192), (1, 48, 192), (1, 11, 192)]
+    out = features(torch.randn(1, 3, 224, 224))  # maps on the 14x14 patch grid of 97, 48 and 11 tokens
+    assert [o.shape for o in out] == [(1, 192, 14, 14)] * 3 and features.feature_info.reduction() == [16] * 3
+    assert [len(o[0, 0].unique()) for o in out] == [97, 48, 11]
 
 
 def test_dynamic_img_size_matches_fixed_model_and_resamples_every_embedding():
@@ -442,20 +449,30 @@ def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
+def _maps_or_logits(model: HierarchicalVisionTransformer, maps: bool):
+    if not maps:
+        return model
+    return lambda x: torch.cat([m.flatten(1) for m in model.forward_intermediates(x, intermediates_only=True)], 1)
+
+
 @pytest.mark.smoke  # torch.compile at the dependency floors too (test_training.py compiles through timm's task)
-def test_torch_compile_fullgraph_forward_and_backward_match_eager():
+@pytest.mark.parametrize('maps', [False, True], ids=['logits', 'maps'])
+def test_torch_compile_fullgraph_forward_and_backward_match_eager(maps):
     """inductor with fullgraph=True (any graph break fails) on a 2-block HVT, each block pooled: one forward and
-    backward give eager's logits and gradients, each relative to its own size."""
+    backward give eager's logits (or every block's NCHW map, of a model with a class token) and gradients, each
+    relative to its own size."""
     torch.manual_seed(0)
-    model = _small(depth=2, num_pool_stages=2, img_size=32, patch_size=4).train()
-    compiled = torch.compile(copy.deepcopy(model), backend='inductor', fullgraph=True)
+    kwargs = dict(class_token=True) if maps else {}
+    model = _small(depth=2, num_pool_stages=2, img_size=32, patch_size=4, **kwargs).train()
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(_maps_or_logits(twin, maps), backend='inductor', fullgraph=True)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     results = []
-    for m in (compiled, model):
-        logits = m(x)
-        logits.square().mean().backward()
-        params = m.parameters() if m is model else m._orig_mod.parameters()
-        results.append((logits.detach(), [p.grad for p in params]))
-    (compiled_logits, compiled_grads), (eager_logits, eager_grads) = results
-    assert _relative(compiled_logits, eager_logits) <= 1e-5
+    for m, run in ((twin, compiled), (model, _maps_or_logits(model, maps))):
+        out = run(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in m.parameters() if p.grad is not None]))
+    (compiled_out, compiled_grads), (eager_out, eager_grads) = results
+    assert _relative(compiled_out, eager_out) <= 1e-5
+    assert len(compiled_grads) == len(eager_grads) > 0
     assert all(_relative(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))

@@ -4,9 +4,10 @@ Importing this package registers the `hvt_*` models with timm's registry; nothin
 """
 from .errors import CheckpointMismatchError, PretrainedWeightsUnavailable
 from .hvt import HierarchicalVisionTransformer, checkpoint_filter_fn
+from .token_grid import tokens_to_grid
 
 __version__ = '0.2.0'
 __all__ = [
     'HierarchicalVisionTransformer', 'checkpoint_filter_fn', 'CheckpointMismatchError', 'PretrainedWeightsUnavailable',
-    '__version__',
+    'tokens_to_grid', '__version__',
 ]

@@ -54,6 +54,7 @@ except ImportError:
 from .errors import CheckpointMismatchError
 from .paper import ARXIV_ID
 from .sources import pretrained_weights
+from .token_grid import spread_tokens
 
 __all__ = ['HierarchicalVisionTransformer']
 
@@ -215,9 +216,9 @@ class HierarchicalVisionTransformer(nn.Module):
     A PyTorch impl of : `Scalable Vision Transformers with Hierarchical Pooling`
         - https://arxiv.org/abs/2103.10619
 
-    Features (`features_only`, `forward_intermediates`) are token sequences (NLC). Their `feature_info` reduction is
-    how many pixels apart neighbouring tokens of the raster-ordered sequence are: the patch size, doubled by each
-    pooling. Pooled tokens form no 2D map, so past the first pooling it is not a spatial stride.
+    Features (`features_only`, `forward_intermediates`) are maps on the patch grid (NCHW, stride: the patch size):
+    each block's tokens spread back onto the patches their pooling windows cover (see `tokens_to_grid`), so a pooled
+    stage's map is piecewise constant along the rows. output_fmt='NLC' gives the tokens themselves.
     """
     dynamic_img_size: Final[bool]
 
@@ -364,14 +365,10 @@ class HierarchicalVisionTransformer(nn.Module):
             grid_size[0] * grid_size[1], len(self.pool_blocks), self.pool_kernel_size, self.pool_stride, where)
 
     def _feature_info(self) -> List[Dict[str, Any]]:
-        # reduction: the token spacing along the raster-ordered sequence, not a 2D stride (see the class docstring)
-        reduction = self.patch_embed.patch_size[1]
-        info = []
-        for i in range(len(self.blocks)):
-            if i in self.pool_blocks:
-                reduction *= self.pool_stride
-            info.append(dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=reduction))
-        return info
+        # every block's map lies on the patch grid (see the class docstring)
+        return [
+            dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=self.patch_embed.feat_ratio())
+            for i in range(len(self.blocks))]
 
     def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
         """Initialize the weights: every position embedding trunc_normal(.02), then timm's ViT init of `mode`.
@@ -481,10 +478,10 @@ class HierarchicalVisionTransformer(nn.Module):
             return_prefix_tokens: bool = False,
             norm: bool = False,
             stop_early: bool = False,
-            output_fmt: str = 'NLC',
+            output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features, also returning the tokens of the selected blocks.
+        """Forward features, also returning the features of the selected blocks.
 
         Args:
             x: Input image tensor.
@@ -492,15 +489,18 @@ class HierarchicalVisionTransformer(nn.Module):
             return_prefix_tokens: Return (tokens, prefix tokens) pairs when the model has a class token.
             norm: Apply the final norm layer to all intermediates.
             stop_early: Stop iterating over blocks when last desired intermediate hit.
-            output_fmt: 'NLC' (B, tokens, C), the only one: HVT's 1D-pooled tokens form no 2D map.
+            output_fmt: 'NCHW' (B, C, H, W) maps on the patch grid (see the class docstring) or 'NLC' (B, tokens, C).
             intermediates_only: Only return intermediate features.
         """
-        if output_fmt != 'NLC':
-            raise ValueError(f"output_fmt must be 'NLC' (HVT's pooled tokens form no 2D map), got {output_fmt!r}")
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got '{output_fmt}'")
         intermediates = []
+        stage_pools: List[int] = []  # the poolings before each intermediate
+        num_pools = 0
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
 
         x = self.patch_embed(x)
+        grid = [x.shape[1], x.shape[2]] if self.dynamic_img_size else list(self.patch_embed.grid_size)
         x = self._pos_embed(x)
 
         if torch.jit.is_scripting() or not stop_early:
@@ -512,14 +512,19 @@ class HierarchicalVisionTransformer(nn.Module):
                 x = checkpoint(blk, x)
             else:
                 x = blk(x)
+            if i in self.pool_blocks:
+                num_pools += 1
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
+                stage_pools.append(num_pools)
 
         if self.num_prefix_tokens:
             prefix_tokens = [y[:, 0:self.num_prefix_tokens] for y in intermediates]
             intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
         else:
             prefix_tokens = None
+        if output_fmt == 'NCHW':
+            intermediates = [spread_tokens(y, grid, n, self.pool_stride) for y, n in zip(intermediates, stage_pools)]
 
         if not torch.jit.is_scripting() and return_prefix_tokens and prefix_tokens is not None:
             intermediates = list(zip(intermediates, prefix_tokens))
@@ -693,7 +698,7 @@ def _create_hvt(variant: str, pretrained: bool = False, **kwargs) -> Hierarchica
             variant,
             pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter', output_fmt='NLC'),
+            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
             **(dict(kwargs, pretrained_cfg_overlay=overlay) if overlay else kwargs),
         )
 
