@@ -90,7 +90,7 @@ def test_forward_intermediates_maps_are_the_tokens_on_the_patch_grid(case):
     torch.testing.assert_close(final, model.forward_features(x))
     pools = [sum(p <= i for p in model.pool_blocks) for i in range(len(model.blocks))]
     for m, t, n in zip(maps, tokens, pools):
-        assert m.shape == (2, model.embed_dim, *grid) and m.is_contiguous()
+        assert m.shape == (2, model.embed_dim, *grid) and m.is_contiguous(memory_format=torch.channels_last)
         assert t.shape[1] == len(set(_brute_force_index(grid[0] * grid[1], 3, 2)[n]))  # prefix tokens left out
         torch.testing.assert_close(m, _spread(t, grid, n), rtol=0, atol=0)
     if model.has_class_token:

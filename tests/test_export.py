@@ -96,7 +96,10 @@ def test_onnx_onnxruntime_matches_eager_dynamic_batch(exported, tmp_path):
 DYNAMIC_SIZES = ((96, 96), (64, 128))
 # the classifier, and a backbone of the same blocks: NCHW maps on the patch grid of blocks 0 (pooled once) and 3
 # (pooled twice), with a class token kept off the grid
-DYNAMIC_MODELS = {'logits': dict(num_classes=10), 'maps': dict(features_only=True, out_indices=(0, 3), class_token=True)}
+DYNAMIC_MODELS = {
+    'logits': dict(num_classes=10),
+    'maps': dict(features_only=True, out_indices=(0, 3), class_token=True),
+}
 
 
 @pytest.fixture(scope='module', params=list(DYNAMIC_MODELS))

@@ -1,7 +1,9 @@
 """timm's own model test suite (tests/test_models.py of the installed timm's source distribution), run on HVT.
 
-`hvt_*` is classified as timm classifies its sequence-output ViTs (deit_*, pit_*): a non-standard model, whose
-features are tokens rather than a feature map. Only the pretrained-download tests are left out (network).
+`hvt_*` is classified as timm classifies its ViTs (vit_*, deit_*): a non-standard model (its features have one
+stride, not a pyramid) whose module has forward_intermediates() and a features_only getter, so that timm's
+intermediates tests check the NCHW maps. Left out: the pretrained-download tests (network) and the pruning contract
+test, which timm's own CI leaves out too (slow).
 The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt).
 
 The suite runs on one variant of each pooling count M = 0..4 (the variants differ only in width and M;
@@ -31,12 +33,15 @@ REQUIRED_TESTS = (
     'test_model_forward_fx',
     'test_model_backward_fx',
     'test_model_forward_fx_torchscript',
+    'test_model_forward_intermediates',
+    'test_model_forward_intermediates_features',
 )
 # one variant per pooling count M = 0, 1, 2, 3, 4
 VARIANTS = ('hvt_ti_0', 'hvt_ti_1', 'hvt_ti_2', 'hvt_ti_3', 'hvt_s_4')
 SMOKE_VARIANTS = ('hvt_ti_1', 'hvt_s_4')
 # the tests that need the network to fetch pretrained weights
 NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
+LEFT_OUT = NETWORK_TESTS + ('test_prune_intermediate_layers_contract',)
 
 
 def _cache_dir() -> Path:
@@ -57,11 +62,12 @@ def _timm_sdist() -> Path:
     return sdist
 
 
-def _classify_hvt_as_non_std(source: str) -> str:
-    marker = 'NON_STD_FILTERS = ['
-    if source.count(marker) != 1:
-        raise AssertionError(f"timm's test_models.py no longer defines {marker!r} exactly once")
-    return source.replace(marker, marker + "'hvt_*', ", 1)
+def _classify_hvt(source: str) -> str:
+    for marker, entry in (('NON_STD_FILTERS = [', "'hvt_*'"), ('FEAT_INTER_FILTERS = [', "'hvt'")):
+        if source.count(marker) != 1:
+            raise AssertionError(f"timm's test_models.py no longer defines {marker!r} exactly once")
+        source = source.replace(marker, f'{marker}{entry}, ', 1)
+    return source
 
 
 @pytest.fixture(scope='module')
@@ -75,7 +81,7 @@ def timm_suite(tmp_path_factory) -> Path:
             member = tar.getmember(f'timm-{timm.__version__}/tests/{name}')
             source = tar.extractfile(member).read().decode()
             if name == 'test_models.py':
-                source = _classify_hvt_as_non_std(source)
+                source = _classify_hvt(source)
             (suite_dir / name).write_text(source)
     return suite_dir
 
@@ -88,7 +94,7 @@ def suite_outcomes(request, timm_suite):
                        if item.module is request.module and hasattr(item, 'callspec')})
     report = timm_suite / 'report.xml'
     select = ' or '.join(selected)  # also selects the tagged names, e.g. hvt_s_4.in1k
-    deselect = ' and '.join(f'not {t}' for t in NETWORK_TESTS)
+    deselect = ' and '.join(f'not {t}' for t in LEFT_OUT)
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', 'test_models.py', '-q', '-p', 'no:cacheprovider',
          '-k', f'({select}) and {deselect}', f'--junitxml={report}'],

@@ -365,10 +365,8 @@ class HierarchicalVisionTransformer(nn.Module):
             grid_size[0] * grid_size[1], len(self.pool_blocks), self.pool_kernel_size, self.pool_stride, where)
 
     def _feature_info(self) -> List[Dict[str, Any]]:
-        # every block's map lies on the patch grid (see the class docstring)
-        return [
-            dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=self.patch_embed.feat_ratio())
-            for i in range(len(self.blocks))]
+        r = self.patch_embed.feat_ratio()  # every block's map lies on the patch grid (see the class docstring)
+        return [dict(module=f'blocks.{i}', num_chs=self.embed_dim, reduction=r) for i in range(len(self.blocks))]
 
     def init_weights(self, mode: str = '', needs_reset: bool = True) -> None:
         """Initialize the weights: every position embedding trunc_normal(.02), then timm's ViT init of `mode`.

@@ -20,9 +20,12 @@ __all__ = ['tokens_to_grid', 'spread_tokens', 'stage_token_counts']
 
 
 def spread_tokens(tokens: torch.Tensor, grid_size: List[int], num_pools: int, stride: int = 2) -> torch.Tensor:
-    """(B, N, C) tokens after `num_pools` poolings of stride `stride` as a contiguous (B, C, H, W) map on the
-    (H, W) patch grid: a gather by the closed-form index above, built by tensor ops from the grid size, so that it
-    follows any input size, symbolic ones under torch.compile and torch.export included."""
+    """(B, N, C) tokens after `num_pools` poolings of stride `stride` as a (B, C, H, W) map on the (H, W) patch grid.
+
+    A gather of whole tokens by the closed-form index above, built by tensor ops from the grid size, so that it
+    follows any input size, symbolic ones under torch.compile and torch.export included. The map keeps the tokens'
+    channels-last memory layout: a transposed copy would cost more than the gather (`.contiguous()` makes one).
+    """
     B, N, C = tokens.shape
     H, W = grid_size[0], grid_size[1]
     if num_pools:
@@ -30,9 +33,8 @@ def spread_tokens(tokens: torch.Tensor, grid_size: List[int], num_pools: int, st
         for _ in range(num_pools):
             divisor *= stride
         index = torch.div(torch.arange(H * W, device=tokens.device), divisor, rounding_mode='floor')
-        # gathered straight into the (B, C, H * W) layout: one new tensor per map, no transposed copy after
-        return tokens.transpose(1, 2).index_select(2, index.clamp(max=N - 1)).view(B, C, H, W)
-    return tokens.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+        tokens = tokens.index_select(1, index.clamp(max=N - 1))
+    return tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 def stage_token_counts(num_patches: int, kernel_size: int = 3, stride: int = 2) -> List[int]:
