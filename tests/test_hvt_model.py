@@ -19,6 +19,8 @@ from timm.models.vision_transformer import Block
 from timm_hvt.hvt import HierarchicalVisionTransformer, PoolingBlock, pool_block_indices, pool_tokens
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
+from _helpers import relative_error
+
 VARIANTS = [f'hvt_{size}_{m}' for size in ('ti', 's') for m in range(5)]
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
@@ -438,11 +440,7 @@ def test_torch_fx_symbolic_trace(tiny_and_input):
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
 
 
-def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
-
-
-@pytest.mark.smoke  # torch.compile at the dependency floors too (test_training.py compiles through timm's task)
+@pytest.mark.smoke  # at the dependency floors too; train.py's --torchcompile (ClassificationTask.compile) is this
 def test_torch_compile_fullgraph_forward_and_backward_match_eager():
     """inductor with fullgraph=True (any graph break fails) on a 2-block HVT, each block pooled: one forward and
     backward give eager's logits and gradients, each relative to its own size."""
@@ -457,5 +455,5 @@ def test_torch_compile_fullgraph_forward_and_backward_match_eager():
         params = m.parameters() if m is model else m._orig_mod.parameters()
         results.append((logits.detach(), [p.grad for p in params]))
     (compiled_logits, compiled_grads), (eager_logits, eager_grads) = results
-    assert _relative(compiled_logits, eager_logits) <= 1e-5
-    assert all(_relative(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))
+    assert relative_error(compiled_logits, eager_logits) <= 1e-5
+    assert all(relative_error(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))
