@@ -175,13 +175,17 @@ CASES = {
 }
 
 
+def _purelib(python: Path) -> Path:
+    """The site-packages of the environment whose interpreter is `python`."""
+    return Path(subprocess.check_output(
+        [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], text=True).strip())
+
+
 def _make_env(root: Path) -> Path:
     venv.create(root, with_pip=False, symlinks=True)
     python = root / 'bin' / 'python'
-    purelib = subprocess.check_output([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                                      text=True).strip()
     # this environment's packages as a plain path: its own .pth files (our editable hook among them) stay inert
-    Path(purelib, '_host_packages.pth').write_text('\n'.join(site.getsitepackages()) + '\n')
+    (_purelib(python) / '_host_packages.pth').write_text('\n'.join(site.getsitepackages()) + '\n')
     return python
 
 
@@ -251,7 +255,7 @@ def _facts(started, name: str) -> dict:
     assert lines, f'{name}: no result\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}'
     facts = json.loads(lines[-1][len('RESULT '):])
     assert facts.pop('heavy_at_start') == [], f'{name}: imported at start-up'
-    assert facts.pop('hook_ran'), f'{name}: the .pth hook did not run'
+    assert facts.pop('hook_ran'), f'{name}: the start-up hook did not run'
     return facts
 
 
@@ -335,10 +339,8 @@ def test_editable_install_hooks_the_source_tree(started, installs, case):
     assert Path(facts['package']) == REPO / 'timm_hvt' / '__init__.py'
     assert Path(facts['hook_module']) == REPO / '_timm_hvt_autoload.py'
     python, _ = installs['editable']
-    purelib = subprocess.check_output([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                                      text=True).strip()
     for hook in ('timm_hvt_autoload.pth', 'timm_hvt_autoload.start'):
-        assert Path(purelib, hook).read_bytes() == (REPO / hook).read_bytes(), hook
+        assert (_purelib(python) / hook).read_bytes() == (REPO / hook).read_bytes(), hook
     assert 'timm_hvt.cli' in (python.parent / 'timm-hvt').read_text()  # its console script
 
 
@@ -354,9 +356,7 @@ def test_console_script_is_installed(installs, install):
 def test_hook_without_its_module_stays_silent(tmp_path):
     """An editable install whose source tree moved away leaves the .pth behind: start-up must not print a traceback."""
     python = _make_env(tmp_path / 'venv')
-    purelib = subprocess.check_output([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                                      text=True).strip()
-    Path(purelib, 'timm_hvt_autoload.pth').write_text((REPO / 'timm_hvt_autoload.pth').read_text())
+    (_purelib(python) / 'timm_hvt_autoload.pth').write_text((REPO / 'timm_hvt_autoload.pth').read_text())
     result = subprocess.run([python, '-c', 'import sys; print("_timm_hvt_autoload" in sys.modules)'], cwd=tmp_path,
                             env=_clean_env(), capture_output=True, text=True, check=True)
     assert result.stdout.strip() == 'False'
