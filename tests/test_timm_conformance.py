@@ -2,14 +2,15 @@
 
 `hvt_*` is classified as timm classifies its sequence-output ViTs (deit_*, pit_*): a non-standard model, whose
 features are tokens rather than a feature map. Only the pretrained-download tests are left out (network).
-The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt).
+The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt); .ci/run
+fetches it while the environments install, so that the test run itself stays offline.
 
 The suite runs on three variants of the Ti width: hvt_ti_0 (no pooling stage: timm's ViT blocks only), hvt_ti_1
 (one pooling stage; it has a pretrained tag, which the config test takes as a model of its own) and hvt_ti_4 (the
 most pooling stages). The variants differ only in width and in how many pooling blocks they hold, all of one
 class, at the positions `pool_block_indices` gives; tests/test_hvt_model.py checks those positions, the structure
 and a training step of all ten. All the selected variants run in one subprocess of timm's suite (a few seconds per
-variant); the smoke run at the lowest timm selects two of them.
+variant); the floor run (the lowest timm and torch) takes hvt_ti_1, which holds every one of HVT's modules and a tag.
 """
 import os
 import subprocess
@@ -36,7 +37,7 @@ REQUIRED_TESTS = (
 )
 # no pooling stage, one, the most
 VARIANTS = ('hvt_ti_0', 'hvt_ti_1', 'hvt_ti_4')
-SMOKE_VARIANTS = ('hvt_ti_1', 'hvt_ti_4')
+SMOKE_VARIANTS = ('hvt_ti_1',)
 # the tests that need the network to fetch pretrained weights
 NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
 
@@ -116,7 +117,9 @@ def test_the_variants_span_the_pooling_counts():
     with torch.device('meta'):
         counts = {m: len(timm.create_model(m).pool_blocks) for m in timm.list_models('hvt_*')}
     assert [counts[m] for m in VARIANTS] == [0, 1, max(counts.values())]
-    assert set(SMOKE_VARIANTS) < set(VARIANTS) and len(SMOKE_VARIANTS) >= 2
+    assert set(SMOKE_VARIANTS) <= set(VARIANTS)
+    with torch.device('meta'):
+        assert all(timm.create_model(m).pool_blocks for m in SMOKE_VARIANTS)  # the pooling block runs at the floors
     # a variant with a pretrained tag in both runs: the config test takes the tag as a model of its own
     assert {m.split('.')[0] for m in timm.list_pretrained('hvt_*')} & set(SMOKE_VARIANTS)
 
