@@ -190,8 +190,9 @@ def _make_env(root: Path) -> Path:
 
 
 def _pip(*args: str, python: Path) -> None:
+    # without PYTHONPATH: a timm-hvt found there (this checkout's metadata) would count as installed already
     subprocess.run([sys.executable, '-m', 'pip', '--python', str(python), *args, '--quiet', '--no-deps',
-                    '--no-index', '--no-compile'], check=True, cwd=REPO)
+                    '--no-index', '--no-compile'], check=True, cwd=REPO, env=_clean_env())
 
 
 def _clean_env(**extra) -> dict:
