@@ -1,13 +1,15 @@
 """Registers timm-hvt's models with timm as soon as timm is imported, without importing either one first.
 
-The `timm_hvt_autoload.pth` file pip puts in site-packages runs `install()` at interpreter start-up. It only adds
-a finder to `sys.meta_path`. When the import system asks that finder for `timm`, it returns the spec the other
-finders would return with its loader wrapped, so that right after timm's own module has executed, `timm_hvt` is
-imported (which registers the `hvt_*` models). Asking is not importing: `importlib.util.find_spec('timm')` and the
-like (transformers probes optional packages that way) get such a spec too, so the finder stays in place until timm
-has really been executed as `sys.modules['timm']`; only then does it remove itself. The module's spec and loader
-are put back to timm's own before timm's code runs, so nothing of timm stays modified. Set TIMM_HVT_AUTOLOAD=0 to
-turn all of this off.
+At interpreter start-up, `install()` runs from the `timm_hvt_autoload.pth` file pip puts in site-packages or, on
+Pythons that read PEP 829 start files, from `timm_hvt_autoload.start` beside it (the entry point
+`_timm_hvt_autoload:install`; those Pythons then skip the `.pth` file's import line). It only adds a finder to
+`sys.meta_path`, once however often it runs. When the import system asks that finder for `timm`, it returns the
+spec the other finders would return with its loader wrapped, so that right after timm's own module has executed,
+`timm_hvt` is imported (which registers the `hvt_*` models). Asking is not importing:
+`importlib.util.find_spec('timm')` and the like (transformers probes optional packages that way) get such a spec
+too, so the finder stays in place until timm has really been executed as `sys.modules['timm']`; only then does it
+remove itself. The module's spec and loader are put back to timm's own before timm's code runs, so nothing of timm
+stays modified. Set TIMM_HVT_AUTOLOAD=0 to turn all of this off.
 """
 import os
 import sys
@@ -107,6 +109,7 @@ class _LoaderThenRegister:
 
 
 def install() -> None:
+    """Arm the finder (at most one, whatever called this before); nothing once timm is imported or when turned off."""
     if os.environ.get('TIMM_HVT_AUTOLOAD', '1').strip().lower() in ('0', 'false', 'no', 'off', ''):
         return
     if _TARGET in sys.modules:

@@ -1,10 +1,15 @@
-"""Build step: put timm_hvt_autoload.pth at the root of the wheel (site-packages), editable installs included."""
+"""Build step: put the start-up hook at the root of the wheel (site-packages), editable installs included.
+
+Two files run `_timm_hvt_autoload.install()` at interpreter start-up: `timm_hvt_autoload.pth` (an import line, read
+by every Python that supports them) and `timm_hvt_autoload.start` (PEP 829's entry point; Pythons that read `.start`
+files skip the import lines of the `.pth` of the same name).
+"""
 import os
 
 from setuptools.command.build_py import build_py
 
-PTH_FILE = 'timm_hvt_autoload.pth'
-PTH_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), PTH_FILE)
+HOOK_FILES = ('timm_hvt_autoload.pth', 'timm_hvt_autoload.start')
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class BuildPyWithPth(build_py):
@@ -15,7 +20,8 @@ class BuildPyWithPth(build_py):
             target_dir = self.get_finalized_command('install').install_lib
         else:
             target_dir = self.build_lib
-        self.copy_file(PTH_SOURCE, os.path.join(target_dir, PTH_FILE), preserve_mode=0)
+        for name in HOOK_FILES:
+            self.copy_file(os.path.join(HERE, name), os.path.join(target_dir, name), preserve_mode=0)
 
     def get_outputs(self, include_bytecode=True):
-        return [*super().get_outputs(include_bytecode), os.path.join(self.build_lib, PTH_FILE)]
+        return [*super().get_outputs(include_bytecode), *(os.path.join(self.build_lib, n) for n in HOOK_FILES)]

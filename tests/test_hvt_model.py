@@ -20,6 +20,8 @@ from timm_hvt import tokens_to_grid
 from timm_hvt.hvt import HierarchicalVisionTransformer, PoolingBlock, pool_block_indices, pool_tokens
 from timm_hvt.paper import PAPER_BASELINES, PAPER_RESULTS
 
+from _helpers import relative_error
+
 VARIANTS = [f'hvt_{size}_{m}' for size in ('ti', 's') for m in range(5)]
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
@@ -445,10 +447,6 @@ def test_torch_fx_symbolic_trace(tiny_and_input):
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
 
 
-def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).norm() / expected.norm()).item()
-
-
 def _maps_or_logits(model: HierarchicalVisionTransformer, maps: bool):
     if not maps:
         return model
@@ -473,6 +471,6 @@ def test_torch_compile_fullgraph_forward_and_backward_match_eager(maps):
         out.square().mean().backward()
         results.append((out.detach(), [p.grad for p in m.parameters() if p.grad is not None]))
     (compiled_out, compiled_grads), (eager_out, eager_grads) = results
-    assert _relative(compiled_out, eager_out) <= 1e-5
+    assert relative_error(compiled_out, eager_out) <= 1e-5
     assert len(compiled_grads) == len(eager_grads) > 0
-    assert all(_relative(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))
+    assert all(relative_error(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))

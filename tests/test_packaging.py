@@ -5,21 +5,16 @@
   must not need a newer Python than the declared floor. The suite itself runs on one Python only.
 - The sdist is built from the files of a clean checkout (what git tracks or would track), the wheel from that sdist
   (as `python -m build` does), both without build isolation (no network: the environment's setuptools builds, at
-  the newest pinned version in the main run and at the declared floor in .ci/run's floor run); `twine check` passes
-  on both; the wheel carries the start-up hook and the license, and installed into a fresh virtual environment it
-  registers the models after a plain `import timm`.
+  the newest pinned version in the main run and at the declared floor in .ci/run's floor run; tests/conftest.py);
+  `twine check` passes on both; the wheel carries the start-up hook (the .pth file and PEP 829's .start file) and
+  the license. That the installed wheel registers the models on `import timm` is tested in test_autoload.py.
 """
 import ast
 import configparser
-import json
-import os
 import re
-import shutil
-import site
 import subprocess
 import sys
 import tarfile
-import venv
 import zipfile
 from pathlib import Path
 
@@ -29,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = 'timm_hvt'
 HOOK_MODULE = '_timm_hvt_autoload.py'
 HOOK_PTH = 'timm_hvt_autoload.pth'
+HOOK_START = 'timm_hvt_autoload.start'
 BUILD_STEP = 'build_hooks.py'
 LICENSE = 'LICENSE'
 VERMIN = [sys.executable, '-c', 'import sys, vermin; sys.exit(vermin.main())', '--no-config-file', '--no-tips', '--format', 'parsable',
@@ -128,69 +124,35 @@ def test_classifiers_list_the_tested_pythons_and_the_license():
     assert text.split()[:4] == ['Apache', 'License', 'Version', '2.0,'] and 'END OF TERMS AND CONDITIONS' in text
 
 
-def _clean_checkout(target: Path) -> Path:
-    """The files of a fresh clone with this work tree committed: what git tracks or would track (not ignored)."""
-    listed = subprocess.run(['git', 'ls-files', '--cached', '--others', '--exclude-standard', '-z'], cwd=REPO,
-                            capture_output=True, text=True)
-    assert listed.returncode == 0, f'git ls-files failed: {listed.stderr}'
-    for name in filter(None, listed.stdout.split('\0')):
-        source = REPO / name
-        if source.is_file():  # a tracked file deleted in the work tree is not listed as a file
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
-def _build(kind: str, source: Path, outdir: Path) -> Path:
-    before = set(outdir.glob('*'))
-    proc = subprocess.run([sys.executable, '-m', 'build', '--no-isolation', f'--{kind}', '--outdir', str(outdir),
-                           str(source)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f'building the {kind} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
-    built = set(outdir.glob('*')) - before
-    assert len(built) == 1, built
-    return built.pop()
-
-
-@pytest.fixture(scope='module')
-def artifacts(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp('release')
-    checkout = _clean_checkout(root / 'checkout')
-    dist = root / 'dist'
-    dist.mkdir()
-    sdist = _build('sdist', checkout, dist)
-    with tarfile.open(sdist) as tar:
-        tar.extractall(root / 'unpacked', filter='data')
-    unpacked, = (root / 'unpacked').iterdir()
-    wheel = _build('wheel', unpacked, dist)  # from the sdist alone, as `python -m build` makes it
-    return dict(root=root, sdist=sdist, wheel=wheel)
-
-
 def _package_modules() -> list:
     return sorted(p.relative_to(REPO).as_posix() for p in (REPO / PACKAGE).rglob('*.py'))
 
 
 @pytest.mark.smoke
-def test_sdist_holds_what_building_the_wheel_needs(artifacts):
-    with tarfile.open(artifacts['sdist']) as tar:
+def test_sdist_holds_what_building_the_wheel_needs(release_artifacts):
+    with tarfile.open(release_artifacts['sdist']) as tar:
         top = tar.getnames()[0].split('/')[0]
         names = {name.split('/', 1)[1] for name in tar.getnames() if '/' in name}
         license_bytes = tar.extractfile(f'{top}/{LICENSE}').read()
-    needed = {BUILD_STEP, HOOK_PTH, HOOK_MODULE, LICENSE, 'README.md', 'setup.cfg', 'pyproject.toml',
+    needed = {BUILD_STEP, HOOK_PTH, HOOK_START, HOOK_MODULE, LICENSE, 'README.md', 'setup.cfg', 'pyproject.toml',
               *_package_modules()}
     assert needed <= names, f'missing from the sdist: {sorted(needed - names)}'
     assert license_bytes == (REPO / LICENSE).read_bytes()
 
 
 @pytest.mark.smoke
-def test_wheel_carries_the_start_up_hook_license_and_requirements(artifacts):
-    with zipfile.ZipFile(artifacts['wheel']) as whl:
+def test_wheel_carries_the_start_up_hook_license_and_requirements(release_artifacts):
+    with zipfile.ZipFile(release_artifacts['wheel']) as whl:
         names = set(whl.namelist())
         dist_info, = {n.split('/')[0] for n in names if n.split('/')[0].endswith('.dist-info')}
         licenses = [n for n in names if n.startswith(dist_info + '/') and n.rsplit('/', 1)[-1] == LICENSE]
         assert len(licenses) == 1, f'no single {LICENSE} in {dist_info}: {sorted(names)}'
         assert whl.read(licenses[0]) == (REPO / LICENSE).read_bytes()
-        assert whl.read(HOOK_PTH) == (REPO / HOOK_PTH).read_bytes()  # at the root: lands in site-packages
+        for hook in (HOOK_PTH, HOOK_START):  # at the root: lands in site-packages
+            assert whl.read(hook) == (REPO / hook).read_bytes(), hook
         metadata = whl.read(f'{dist_info}/METADATA').decode()
+        entry_points = configparser.ConfigParser()
+        entry_points.read_string(whl.read(f'{dist_info}/entry_points.txt').decode())
     assert {HOOK_MODULE, *_package_modules()} <= names, f'missing from the wheel: {sorted(names)}'
 
     def field(name):
@@ -202,42 +164,14 @@ def test_wheel_carries_the_start_up_hook_license_and_requirements(artifacts):
     requires = {re.sub(r'\s+', '', r).lower().replace('_', '-') for r in field('Requires-Dist') if ';' not in r}
     assert requires == declared
     assert LICENSE in field('License-File')
+    # pip writes the `timm-hvt` command from these (test_autoload.py looks at it, test_readme.py runs it)
+    declared_scripts = dict(line.replace(' ', '').split('=', 1) for line in
+                            _setup_cfg()['options.entry_points']['console_scripts'].strip().splitlines())
+    assert dict(entry_points['console_scripts']) == declared_scripts == {'timm-hvt': 'timm_hvt.cli:main'}
 
 
 @pytest.mark.smoke
-def test_twine_check_passes(artifacts):
-    proc = subprocess.run([sys.executable, '-m', 'twine', 'check', '--strict', str(artifacts['sdist']),
-                           str(artifacts['wheel'])], capture_output=True, text=True, timeout=300)
+def test_twine_check_passes(release_artifacts):
+    proc = subprocess.run([sys.executable, '-m', 'twine', 'check', '--strict', str(release_artifacts['sdist']),
+                           str(release_artifacts['wheel'])], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f'twine check failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}'
-
-
-@pytest.mark.smoke
-def test_installed_wheel_registers_the_models_on_import_timm(artifacts):
-    """A fresh virtual environment with only the wheel installed; this environment's packages (torch, timm, ...)
-    reachable through a plain path entry, whose .pth files (an editable timm-hvt's among them) stay inert."""
-    import timm
-    import timm_hvt  # noqa: F401
-    expected = timm.list_models('hvt*')
-    assert expected
-
-    root = artifacts['root']
-    venv.create(root / 'venv', with_pip=False, symlinks=True)
-    python = root / 'venv' / 'bin' / 'python'
-    purelib = Path(subprocess.check_output(
-        [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'], text=True).strip())
-    (purelib / '_host_packages.pth').write_text('\n'.join(site.getsitepackages()) + '\n')
-    subprocess.run([sys.executable, '-m', 'pip', '--python', str(python), 'install', '--quiet', '--no-deps',
-                    '--no-index', str(artifacts['wheel'])], check=True)
-
-    code = ('import sys, json\n'
-            'before = sorted({"timm", "timm_hvt", "torch"} & set(sys.modules))\n'
-            'import timm\n'
-            'print(json.dumps(dict(before=before, models=timm.list_models("hvt*"),'
-            ' package=getattr(sys.modules.get("timm_hvt"), "__file__", None))))\n')
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'TIMM_HVT_AUTOLOAD')}
-    proc = subprocess.run([python, '-c', code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    facts = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert facts['before'] == []
-    assert facts['models'] == expected
-    assert purelib in Path(facts['package']).parents, facts['package']  # the wheel's copy, not this checkout

@@ -1,45 +1,47 @@
 """HVT through the components timm's train.py is made of, unchanged.
 
-Covers: ImageFolder via create_dataset / create_loader with timm's train transforms (prefetcher + FastCollateMixup
-and plain loader + Mixup), create_optimizer_v2 (AdamW, layer decay from group_matcher, no weight decay on position
-embeddings / class token), create_scheduler_v2, ModelEmaV3, ClassificationTask, bf16 autocast, grad checkpointing,
-torch.compile and CheckpointSaver + resume that continues exactly where the interrupted run stopped.
+Covers: ImageFolder via create_dataset / create_loader with timm's train transforms (prefetcher + FastCollateMixup,
+and the plain loader + Mixup), create_optimizer_v2 (AdamW, layer decay from group_matcher, no weight decay on
+position embeddings / class token), create_scheduler_v2, ModelEmaV3, ClassificationTask, bf16 autocast, grad
+checkpointing, and CheckpointSaver + resume that continues exactly where the interrupted run stopped. train.py's
+--torchcompile is ClassificationTask.compile, a torch.compile of the model: test_hvt_model.py compiles HVT with
+inductor and fullgraph=True and checks a training forward and backward against eager.
 
-Values that other kernels may round differently (compiled against eager, checkpointed against plain) are compared
-relative to their own size; exact equality only where one process must reproduce itself (resume).
+Values that other kernels may round differently (checkpointed against plain) are compared relative to their own
+size; exact equality only where one process must reproduce itself (resume).
 """
+import argparse
 import copy
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import timm
+from timm import utils
+from timm.data import FastCollateMixup, Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.models import resume_checkpoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.task import ClassificationTask
-from timm import utils
+from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import ModelEmaV3
 
-from _train_helpers import TrainConfig, Trainer, relative_error, unwrapped_state
-from benchmarks.digits import export_digits
+from _helpers import SMALL_ARCH, SMALL_MODEL, image_folder_loader, relative_error, train_epoch
 
-# a small HVT: 32x32 input, 4x4 patches -> 64 tokens, pooled after blocks 0 and 2 -> 31 -> 15 tokens
-SMALL_ARCH = dict(patch_size=4, embed_dim=64, num_heads=2, depth=4)
-SMALL = dict(img_size=32, **SMALL_ARCH)
-SMALL_MODEL = 'hvt_ti_2'
-
+IMG = 32
+SMALL = dict(img_size=IMG, **SMALL_ARCH)
+BATCH = 32
+IMAGES = 3 * BATCH  # per split of the digits: 3 steps per epoch
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 @pytest.fixture(scope='module')
-def digits_small(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('digits_small'))
-    export_digits(root, img_size=32, limit=192)
-    return root
+def digits(digits_folder):
+    return digits_folder(IMG, limit=IMAGES)
 
 
 def _small_model(**kwargs):
@@ -100,34 +102,37 @@ def test_optimizer_layer_decay_and_no_weight_decay():
     assert not torch.equal(named['blocks.3.mlp.fc1.weight'], before['blocks.3.mlp.fc1.weight'])
 
 
-def test_loaders_mixup_and_bf16_autocast_training(digits_small):
+def test_loaders_mixup_and_bf16_autocast_training(digits):
     """timm's train loader (train transforms, prefetcher, FastCollateMixup) feeds HVT; under bf16 autocast the
     forward runs in bf16, gradients stay fp32, and the loss on a fixed real batch falls (the model can fit it)."""
-    trainer = Trainer(TrainConfig(
-        model=SMALL_MODEL, model_kwargs=dict(SMALL_ARCH), epochs=1, batch_size=32, mixup=0.8, cutmix=1.0,
-        smoothing=0., amp_dtype=torch.bfloat16), digits_small)
-    input, target = next(iter(trainer.loader_train))
-    assert input.shape == (32, 3, 32, 32) and input.dtype == torch.float32
-    assert target.shape == (32, 10)  # soft mixup / cutmix targets
-    torch.testing.assert_close(target.sum(-1), torch.ones(32))
+    utils.random_seed(0, 0)  # the mixing draws too (numpy)
+    model = _small_model()
+    loader = image_folder_loader(
+        digits, 'train', model, IMG, BATCH, is_training=True, scale=(0.5, 1.0), hflip=0.,
+        collate_fn=FastCollateMixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0., num_classes=10))
+    input, target = next(iter(loader))
+    assert input.shape == (BATCH, 3, IMG, IMG) and input.dtype == torch.float32
+    assert target.shape == (BATCH, 10)  # soft mixup / cutmix targets
+    torch.testing.assert_close(target.sum(-1), torch.ones(BATCH))
     assert (target.max(-1).values < 0.99).any(), 'no sample was mixed'
 
-    model = trainer.model
+    task = ClassificationTask(model, criterion=SoftTargetCrossEntropy(), verbose=False)
     model.train()
-    with trainer.amp_autocast():
-        result = trainer.task(input, target)
+    autocast = lambda: torch.autocast('cpu', dtype=torch.bfloat16)  # noqa: E731  train.py's --amp-dtype bfloat16
+    with autocast():
+        result = task(input, target)
     assert result['output'].dtype == torch.bfloat16
     result['loss'].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32, name
         assert torch.isfinite(p.grad).all(), name
-    trainer.optimizer.zero_grad()
+    model.zero_grad()
 
     first = last = None
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(25):
-        with trainer.amp_autocast():
-            loss = trainer.task(input, target)['loss']
+        with autocast():
+            loss = task(input, target)['loss']
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -189,102 +194,98 @@ def test_grad_checkpointing_same_loss_and_gradients():
     assert relative_error(feats[1][1], feats[0][1]) <= 1e-5
 
 
-@pytest.mark.timeout(600)  # a cold inductor cache compiles C++ kernels for the forward and the backward graph
-def test_torch_compile_training_step_matches_eager():
-    """ClassificationTask.compile (what train.py --torchcompile calls): inductor with fullgraph=True, so any graph
-    break fails, and one training step gives the eager logits, loss and gradients.
-
-    This is the suite's only torch.compile (a cold inductor cache takes tens of seconds on 2 cores). It compares one step,
-    each value relative to its own size, and not the parameters after optimizer steps: AdamW divides by the running
-    gradient scale, so last-bit differences between compiled and eager kernels would grow into whole steps."""
-    torch.manual_seed(0)
-    # two blocks, each followed by a pooling (64 -> 31 -> 15 tokens): the pooling block and its position embedding,
-    # timm's Block inside it, the mean-pooled head; fewer blocks make a smaller graph to compile.
-    # drop_path 0: the training forward is deterministic
-    model = _small_model(depth=2, num_pool_stages=2)
-    assert model.pool_blocks == (0, 1)
-    eager = copy.deepcopy(model)
-    task = ClassificationTask(model, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
-    task.compile(backend='inductor', fullgraph=True)
-    assert task.get_trainable_module() is not model  # the task now runs the compiled module
-    eager_task = ClassificationTask(eager, criterion=torch.nn.CrossEntropyLoss(), verbose=False)
-
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(16, 3, 32, 32, generator=g)
-    y = torch.randint(0, 10, (16,), generator=g)
-
-    def training_forward_backward(t):
-        t.get_trainable_module().train()
-        out = t(x, y)
-        out['loss'].backward()
-        return out
-
-    compiled_out, eager_out = training_forward_backward(task), training_forward_backward(eager_task)
-    assert relative_error(compiled_out['output'], eager_out['output']) <= 1e-5
-    assert relative_error(compiled_out['loss'], eager_out['loss']) <= 1e-5
-    eager_params = dict(eager.named_parameters())
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f'{name}: no gradient through the compiled graph'
-        assert relative_error(p.grad, eager_params[name].grad) <= 1e-4, name
+SEED = 7
+EPOCHS = 2
 
 
-def _resume_cfg():
-    return TrainConfig(
-        model=SMALL_MODEL, model_kwargs=dict(SMALL_ARCH), drop_path=0.1, epochs=3, batch_size=32,
-        lr=2e-3, layer_decay=0.75, warmup_epochs=1, mixup=0.8, cutmix=1.0, smoothing=0.1, reprob=0.25,
-        prefetcher=False, ema_decay=0.9, ema_warmup=True, seed=7)
+def _resume_run(root: str, out_dir: str = None) -> SimpleNamespace:
+    """What train.py builds for a run, in its order: Mixup on the plain loader (with random erasing), layer decay,
+    warmup + cosine per update, drop path, EMA with warmup; a CheckpointSaver when `out_dir` is given."""
+    utils.random_seed(SEED, 0)
+    model = _small_model(drop_path_rate=0.1)
+    loader = image_folder_loader(root, 'train', model, IMG, BATCH, is_training=True, use_prefetcher=False,
+                                 scale=(0.5, 1.0), hflip=0., re_prob=0.25)
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    task = ClassificationTask(model, criterion=SoftTargetCrossEntropy(), verbose=False)
+    optimizer = create_optimizer_v2(model, opt='adamw', lr=2e-3, weight_decay=0.05, layer_decay=0.75)
+    task.setup_ema(decay=0.9, use_warmup=True)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched='cosine', num_epochs=EPOCHS, warmup_epochs=1, warmup_lr=1e-5, min_lr=1e-5,
+        step_on_epochs=False, updates_per_epoch=len(loader))
+    saver = None
+    if out_dir is not None:
+        saver = utils.CheckpointSaver(
+            model=model, optimizer=optimizer, args=argparse.Namespace(model=SMALL_MODEL), checkpoint_dir=out_dir,
+            recovery_dir=out_dir, decreasing=False, max_history=2, task=task)
+    return SimpleNamespace(model=model, loader=loader, mixup=mixup, task=task, optimizer=optimizer,
+                           scheduler=scheduler, saver=saver)
 
 
-@pytest.mark.timeout(600)
-def test_checkpoint_saver_resume_continues_exactly(digits_small, tmp_path):
+def _train(run: SimpleNamespace, epochs: range) -> list:
+    """Every epoch starts by re-seeding from (seed, epoch): train.py does not restore RNG state on resume, so
+    without this a resumed run would see other crops and mixup draws than an uninterrupted one."""
+    losses = []
+    for epoch in epochs:
+        utils.random_seed(SEED * 1000 + epoch, 0)
+        losses += train_epoch(run.task, run.loader, run.optimizer, run.scheduler, epoch, mixup_fn=run.mixup)
+    return losses
+
+
+def _state(run: SimpleNamespace, ema: bool = False) -> dict:
+    module = utils.unwrap_model(run.task.get_eval_model(ema=ema))
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_checkpoint_saver_resume_continues_exactly(digits, tmp_path):
     """An interrupted run saved with CheckpointSaver and resumed with resume_task_checkpoint (as train.py --resume)
-    continues exactly: the same per-step losses, weights, EMA weights and learning rate as an uninterrupted run.
-    (Mixup via timm.data.Mixup on the plain loader, layer decay, warmup + cosine per update, drop path, random
-    erasing and EMA all active; fp32 here, bf16 autocast is covered above and by the DDP test.)"""
-    full = Trainer(_resume_cfg(), digits_small)
-    losses_full = full.fit()
-    steps = full.updates_per_epoch
-    assert steps == 6 and len(losses_full) == 3 * steps
+    continues exactly: the same per-step losses, weights, EMA weights and learning rate as an uninterrupted run."""
+    full = _resume_run(digits)
+    losses_full = _train(full, range(EPOCHS))
+    steps = len(full.loader)
+    assert steps == IMAGES // BATCH and len(losses_full) == EPOCHS * steps
 
     out_dir = str(tmp_path / 'run')
     os.makedirs(out_dir)
-    first = Trainer(_resume_cfg(), digits_small, output_dir=out_dir)
-    losses_first = [loss for epoch in range(2) for loss in first.train_epoch(epoch)]
-    first.save(epoch=1, metric=first.evaluate())
-    saved_state = unwrapped_state(first)
+    first = _resume_run(digits, out_dir)
+    losses_first = _train(first, range(1))
+    first.saver.save_checkpoint(0, metric=-losses_first[-1])
+    saved_state = _state(first)
     del first
-    assert losses_first == losses_full[:2 * steps]
-    assert sorted(os.listdir(out_dir)) == ['checkpoint-1.pth.tar', 'last.pth.tar', 'model_best.pth.tar']
+    assert losses_first == losses_full[:steps]
+    assert sorted(os.listdir(out_dir)) == ['checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar']
 
-    resumed = Trainer(_resume_cfg(), digits_small, output_dir=out_dir)
-    assert resumed.resume(os.path.join(out_dir, 'last.pth.tar')) == 2
-    for k, v in unwrapped_state(resumed).items():
+    resumed = _resume_run(digits, out_dir)
+    last = os.path.join(out_dir, 'last.pth.tar')
+    start_epoch = resume_task_checkpoint(resumed.task, last, optimizer=resumed.optimizer, log_info=False)
+    load_task_ema_checkpoint(resumed.task, last)
+    assert start_epoch == 1
+    resumed.scheduler.step_update(start_epoch * steps)
+    for k, v in _state(resumed).items():
         assert torch.equal(v, saved_state[k]), k
-    losses_resumed = resumed.fit()
-    assert len(losses_resumed) == steps
-    assert losses_resumed == losses_full[2 * steps:], 'the resumed run diverged from the uninterrupted one'
+    losses_resumed = _train(resumed, range(start_epoch, EPOCHS))
+    assert losses_resumed == losses_full[steps:], 'the resumed run diverged from the uninterrupted one'
 
     for ema in (False, True):
-        state_full, state_resumed = unwrapped_state(full, ema=ema), unwrapped_state(resumed, ema=ema)
+        state_full, state_resumed = _state(full, ema=ema), _state(resumed, ema=ema)
         for k in state_full:
             assert torch.equal(state_resumed[k], state_full[k]), f'{k} (ema={ema})'
     assert [g['lr'] for g in resumed.optimizer.param_groups] == [g['lr'] for g in full.optimizer.param_groups]
     # the task's EMA is timm's ModelEmaV3, and a real average, not a copy of the weights
     assert isinstance(full.task.get_trainable_module(ema=True), ModelEmaV3)
-    assert not torch.equal(unwrapped_state(full, ema=True)['head.weight'], unwrapped_state(full)['head.weight'])
+    assert not torch.equal(_state(full, ema=True)['head.weight'], _state(full)['head.weight'])
     print(f'resume: {len(losses_resumed)} resumed steps equal the uninterrupted run, losses {losses_full[0]:.4f} '
           f'-> {losses_full[-1]:.4f}')
 
     # control: the comparison is sensitive to the optimizer / schedule state - weights alone do not reproduce the run
-    weights_only = Trainer(_resume_cfg(), digits_small)
-    utils.unwrap_model(weights_only.model).load_state_dict(saved_state)
-    weights_only.start_epoch = 2
-    assert weights_only.fit() != losses_full[2 * steps:]
+    weights_only = _resume_run(digits)
+    weights_only.model.load_state_dict(saved_state)
+    weights_only.scheduler.step_update(start_epoch * steps)
+    assert _train(weights_only, range(start_epoch, EPOCHS)) != losses_full[steps:]
 
     # timm.models.resume_checkpoint reads the same file into a bare model + optimizer
-    model = timm.create_model(SMALL_MODEL, num_classes=10, **SMALL)
+    model = _small_model()
     optimizer = create_optimizer_v2(model, opt='adamw', lr=2e-3, weight_decay=0.05, layer_decay=0.75)
-    assert resume_checkpoint(model, os.path.join(out_dir, 'checkpoint-1.pth.tar'), optimizer, log_info=False) == 2
+    assert resume_checkpoint(model, os.path.join(out_dir, 'checkpoint-0.pth.tar'), optimizer, log_info=False) == 1
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved_state[k]), k
     assert optimizer.state_dict()['state'], 'optimizer state was not restored'
