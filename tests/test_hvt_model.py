@@ -1,7 +1,7 @@
-"""The HVT models against the spec (../shared/HVT.md) and the paper's table, and timm's model API on them.
+"""The HVT models against the paper (its architecture and Table 1), and timm's model API on them.
 
 Every one of the ten variants is checked here (structure, params / GMACs, a training step); timm's own model
-suite (test_timm_conformance.py) runs on one variant per pooling count. Models are built on the meta device
+suite (test_timm_conformance.py) runs on three of them. Models are built on the meta device
 wherever no values are needed. Errors are checked by type and by the facts they must name, not by wording.
 """
 import copy

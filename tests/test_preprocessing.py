@@ -1,7 +1,7 @@
 """Evaluation preprocessing: the transform timm builds from an HVT model's pretrained cfg equals the authors'.
 
 The authors evaluated as DeiT does: resize the short side to 224 / 0.875 = 256 (bicubic), center crop 224, to a
-tensor, normalize with the ImageNet mean / std (../shared/HVT.md, "Evaluation preprocessing"). That pipeline is
+tensor, normalize with the ImageNet mean / std (the authors' evaluation script, built on DeiT's). That pipeline is
 written here with torchvision alone and compared, on real photos shipped with scikit-image (a square one and a
 non-square one), with `timm.data.create_transform(**timm.data.resolve_data_config(model=model))` for a Ti and an S model
 (every variant carries the same data fields: tests/test_hvt_model.py). Both sides get the same PIL image, as both
