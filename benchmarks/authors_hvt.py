@@ -167,23 +167,18 @@ class AuthorsHVT(nn.Module):
         return forward.__wrapped__(dict(zip(self.keys, self.weights)), x)
 
 
-def _create(arch, pretrained=False, num_classes=1000, img_size=224, in_chans=3, **kwargs):
+def _register(arch: str):
     # timm's scripts pass their generic options (drop rates, global_pool, scriptable, ...) to every model: the
     # authors' forward has no dropout and a fixed mean pooling, so they are accepted and have no effect
-    if pretrained:
-        raise ValueError(f'authors_{arch} has random weights only')
-    return AuthorsHVT(arch, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
-
-
-def _register(arch):
-    def entry(pretrained=False, **kwargs):
-        return _create(arch, pretrained=pretrained, **kwargs)
+    def entry(pretrained=False, num_classes=1000, img_size=224, in_chans=3, **kwargs):
+        if pretrained:
+            raise ValueError(f'authors_{arch} has random weights only')
+        return AuthorsHVT(arch, num_classes=num_classes, img_size=img_size, in_chans=in_chans)
     entry.__name__ = entry.__qualname__ = f'authors_{arch}'
-    entry.__doc__ = f"The authors' {arch} computation computation, random weights."
+    entry.__doc__ = f"The authors' {arch} computation, random weights."
     entry.__module__ = __name__
     return register_model(entry)
 
 
-NAMES = [f'authors_{arch}' for arch in VARIANTS]
 for _arch in VARIANTS:
     globals()[f'authors_{_arch}'] = _register(_arch)
