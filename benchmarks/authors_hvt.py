@@ -136,21 +136,12 @@ def authors_checkpoint(sd: Dict[str, torch.Tensor], arch: str, **args) -> Dict:
         'model': 'hvt_model', 'input_size': 224, 'patch_size': 16, 'num_heads': dim // HEAD_DIM,
         'head_dim': HEAD_DIM, 'num_blocks': 12, 'pool_kernel_size': 3, 'pool_stride': 2,
         'pool_block_width': width, 'lr': 5e-4, 'weight_decay': 0.025, 'output_dir': 'output', **args})
-    return {
-        'model': sd,
-        'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-5, 'betas': (0.9, 0.999), 'params': [0, 1]}]},
-        'lr_scheduler': {'t_initial': 300, 'base_values': [5e-4]},
-        'epoch': 299,
-        'scaler': {'scale': 65536.0, 'growth_factor': 2.0, '_growth_tracker': 100},
-        'args': namespace,
-    }
-
-
-# --- the same computation as timm models (`authors_hvt_ti_1`, ...), for timm's own scripts and the benchmarks
+    return {'model': sd, 'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-5, 'params': [0, 1]}]},
+            'lr_scheduler': {'t_initial': 300}, 'epoch': 299, 'scaler': {'scale': 65536.0}, 'args': namespace}
 
 
 class AuthorsHVT(nn.Module):
-    """The authors' forward over a state dict in their layout, the state dict held as this module's parameters."""
+    """The authors' forward as a timm model (`authors_hvt_ti_1`, ...), the state dict held as its parameters."""
 
     def __init__(self, arch: str, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3, seed: int = 0):
         super().__init__()

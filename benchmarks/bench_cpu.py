@@ -3,14 +3,16 @@
     python -m benchmarks.bench_cpu           # 2 threads, batch 8, 5 rounds: benchmarks/results/cpu_*
     python -m benchmarks.bench_cpu --quick   # 1 thread, batch 1, one round, no compile: checks the pipeline
 
-Each round times every case once, the first case rotating from round to round, so load from elsewhere falls on all
-cases alike. A time is the median of the rounds; a ratio is the ratio of two medians, with the lowest and highest
-ratio within one round. Weights are random (for HVT the same for ours and the authors' code).
+Each round times every case once, the first case rotating, so load from elsewhere falls on all cases alike. A time is
+the median of the rounds; a ratio, of two medians, with its lowest and highest within one round. Weights are random.
 """
 import argparse, copy, datetime, functools, os, platform, sys, tempfile, time  # noqa: E401
 from pathlib import Path
 
 os.environ['HF_HUB_OFFLINE'] = '1'  # pretrained weights only from the local caches: the run never downloads
+if __name__ == '__main__':
+    from benchmarks import restart_with_steady_malloc
+    restart_with_steady_malloc()
 
 import numpy as np
 import pandas as pd
@@ -27,8 +29,8 @@ MODELS = ['hvt_ti_1', 'hvt_s_4', 'deit_small_patch16_224', 'pit_s_224']
 EXACT = 'OpenVINO f32'  # the route README.md documents
 ROUTES = ['torch eager fp32', 'torch.compile', 'torch bf16 autocast', 'ONNX Runtime fp32', EXACT,
           'OpenVINO default precision', 'OpenVINO INT8 (NNCF), head fp32, no SmoothQuant', 'torch training step fp32']
-INT8_MORE = ['OpenVINO INT8 (NNCF), every layer', 'OpenVINO INT8 (NNCF), head fp32',  # accuracy only: nncf's
-             'OpenVINO INT8 (NNCF), every layer, no SmoothQuant']  # TRANSFORMER defaults, and half the recipe each
+INT8_MORE = ['OpenVINO INT8 (NNCF), every layer', 'OpenVINO INT8 (NNCF), head fp32',  # accuracy only: NNCF's
+             'OpenVINO INT8 (NNCF), every layer, no SmoothQuant']  # transformer defaults, each half of the recipe
 DIGITS = dict(embed_dim=64, num_heads=2, depth=4, patch_size=8, img_size=32, num_classes=10)  # tests/test_digits.py
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry')  # scikit-image's bundled photos
 _OV = {}  # model -> its OpenVINO model
@@ -162,11 +164,6 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=2, help='threads of every route')
     p.add_argument('--out', type=Path, help='results folder (default benchmarks/results, --quick: results_quick)')
     args = p.parse_args()
-    if platform.libc_ver()[0] == 'glibc' and 'glibc.malloc.' not in os.environ.get('GLIBC_TUNABLES', ''):
-        # fixed malloc thresholds (read at start-up only): torch's activations page-fault far less, and steadily
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [
-            os.environ.get('GLIBC_TUNABLES'), 'glibc.malloc.mmap_threshold=33554432',
-            'glibc.malloc.trim_threshold=4294967296', 'glibc.malloc.top_pad=268435456']))})
     t_start, batch, threads, epochs = time.time(), *((1, 1, 1) if args.quick else (8, args.threads, 8))
     rounds, routes = (1, [r for r in ROUTES if r != 'torch.compile']) if args.quick else (args.rounds, ROUTES)
     torch.set_num_threads(threads)

@@ -1,23 +1,17 @@
 """What the NCHW maps of `forward_intermediates` cost over its NLC tokens: hvt_s_4, every block, eval, one thread.
-
-    python -m benchmarks.bench_intermediates            # writes benchmarks/results/intermediates.csv (~1 min)
-
-Interleaved rounds: each round times both formats (the first alternating) `--reps` times in CPU time of this process
-(other load on a shared machine takes wall time, little CPU time) and keeps each one's best. The ratio NCHW / NLC is
-the median of the rounds' ratios, given with the lowest and highest round and the ratio of the bests. As
-bench_hvt.py, it restarts with fixed glibc malloc thresholds unless `--default-malloc` (benchmarks/README.md).
+Each interleaved round keeps each format's best of `--reps` in CPU time (load elsewhere takes wall time, little CPU
+time); NCHW / NLC is the median of the rounds' ratios, with the lowest and highest round and the ratio of the bests.
 """
-import argparse, csv, os, platform, statistics, sys, time  # noqa: E401
+import argparse, csv, os, statistics, time  # noqa: E401
 from pathlib import Path
 
 import torch
 
 import timm
 import timm_hvt  # noqa: F401  (registers the models)
+from benchmarks import STEADY_MALLOC, restart_with_steady_malloc
 
 FORMATS = ('NLC', 'NCHW')
-STEADY_MALLOC = ('glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296:'
-                 'glibc.malloc.top_pad=268435456')  # bench_hvt.py's
 
 
 def main() -> None:
@@ -29,10 +23,8 @@ def main() -> None:
     parser.add_argument('--default-malloc', action='store_true', help="glibc's adaptive malloc thresholds")
     parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'intermediates.csv')
     args = parser.parse_args()
-    tunables = os.environ.get('GLIBC_TUNABLES', '')
-    if platform.libc_ver()[0] == 'glibc' and not args.default_malloc and 'glibc.malloc.' not in tunables:
-        env = {**os.environ, 'GLIBC_TUNABLES': ':'.join(filter(None, [tunables, STEADY_MALLOC]))}
-        os.execve(sys.executable, sys.orig_argv, env)  # the thresholds act only from the interpreter's start
+    if not args.default_malloc:
+        restart_with_steady_malloc()
     torch.set_num_threads(1)  # the CPU time of one thread's work
     model = timm.create_model(args.model).eval()
     x = torch.randn(args.batch, *model.pretrained_cfg['input_size'])

@@ -1,8 +1,5 @@
-"""scikit-learn's bundled handwritten digits (1,797 real 8x8 scans) as an ImageFolder: `train/<label>/*.png` and
-`val/<label>/*.png`, upsampled to RGB, with a stratified held-out split.
-
-    python -m benchmarks.digits digits32 [--img-size 32]
-"""
+"""scikit-learn's bundled digits (1,797 real 8x8 scans) as an ImageFolder (`train/`, `val/`: a stratified split),
+upsampled to RGB: `python -m benchmarks.digits digits32 [--img-size 32]`."""
 import argparse
 import os
 from typing import Dict, Optional

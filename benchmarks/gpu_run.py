@@ -3,10 +3,9 @@
     python -m benchmarks.gpu_run --timm-scripts DIR                     # on a CUDA GPU: benchmarks/results/gpu/
     python -m benchmarks.gpu_run --timm-scripts DIR --quick --out DIR   # every step at tiny sizes on the CPU
 
-DIR: train.py, validate.py and benchmark.py of the installed timm's release (in timm's repository, not its package).
-The steps run one after another in this process, timm's scripts unmodified (runpy, under their own command lines),
-the hvt_* and authors_hvt_* models registered by the imports below; a step that fails does not stop the others.
-Exit status: 0 every step ran and succeeded, 1 a step failed, 3 some steps could not run (no --timm-scripts).
+DIR: timm's train.py, validate.py and benchmark.py of the installed release, run unmodified (runpy) in this process,
+one step after another; a failing step does not stop the others. Exit status: 0 every step succeeded, 1 a step
+failed, 3 some steps could not run (no --timm-scripts).
 """
 import argparse
 import contextlib
