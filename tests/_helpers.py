@@ -24,15 +24,16 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def image_folder_loader(root: str, split: str, model: nn.Module, img_size: int, batch_size: int,
-                        is_training: bool, **loader_kwargs) -> torch.utils.data.DataLoader:
+                        is_training: bool, color_jitter: float = 0., **loader_kwargs) -> torch.utils.data.DataLoader:
     """timm's loader over an ImageFolder split, normalised as the model's pretrained cfg says. The images are
-    exactly img_size (crop_pct 1), not the cfg's 224 / 0.875."""
+    exactly img_size (crop_pct 1), not the cfg's 224 / 0.875, and gray digits: no colour jitter by default."""
     config = resolve_data_config(dict(img_size=img_size, crop_pct=1.0), model=model, verbose=False)
     dataset = create_dataset('', root=root, split=split, is_training=is_training, batch_size=batch_size)
     return create_loader(
         dataset, input_size=config['input_size'], batch_size=batch_size, is_training=is_training,
         mean=config['mean'], std=config['std'], interpolation=config['interpolation'],
-        crop_pct=config['crop_pct'], device=torch.device('cpu'), num_workers=0, **loader_kwargs)
+        crop_pct=config['crop_pct'], color_jitter=color_jitter, device=torch.device('cpu'), num_workers=0,
+        **loader_kwargs)
 
 
 def train_epoch(task: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, epoch: int,

@@ -23,6 +23,18 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # .ci/run runs two workers on two cor
     torch.set_num_threads(1)
 
 
+# The files that take longest, first: .ci/run hands whole files to its two workers in collection order (--dist
+# loadfile --no-loadscope-reorder), and a long file started last leaves one core idle while it runs.
+RUN_FIRST = ('test_readme.py', 'test_hvt_model.py', 'test_benchmarks.py', 'test_timm_conformance.py',
+             'test_gpu_run.py', 'test_autoload.py', 'test_distributed.py', 'test_export.py', 'test_convert.py',
+             'test_digits.py', 'test_cli_list.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one intra-op thread. The models these tests train or export are tiny: a second thread gains

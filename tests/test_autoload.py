@@ -5,15 +5,17 @@ from this checkout without build isolation. Each goes into a throwaway virtual e
 environment's packages (torch, timm, transformers, ...) through a plain path entry, so only the installed
 timm-hvt's own start-up hook can register the models.
 
-Every case is a fresh interpreter started from a directory outside the source tree (one start-up order each). The
-cases the selected tests need are started together when the first of them asks, a few at a time, and each test
-waits for its own. Most cases import torch and timm, which costs seconds; where the hook's own logic is all a case
-checks, a stand-in timm (a bare package on PYTHONPATH) keeps it to milliseconds.
+Every case is a fresh interpreter started from a directory outside the source tree. The cases the selected tests
+need are started together when the first of them asks, a few at a time, and each test waits for its own. Importing
+torch and timm costs seconds, so one case takes the real start-up orders one after another (each step checked
+before the next) and spawns a worker; where the hook's own logic is all a case checks, a stand-in timm (a bare
+package on PYTHONPATH) keeps it to milliseconds.
 
 PEP 829 (Python 3.15) runs the entry point named in `timm_hvt_autoload.start` instead of the `.pth` file's import
 line. This Python runs the `.pth` line; the cases call the entry point, as resolved by `pkgutil.resolve_name`, on top
 of it (it must arm the hook once) and with the `.pth` line switched off (it must arm the hook alone).
 """
+import importlib.util
 import json
 import os
 import pkgutil
@@ -36,6 +38,7 @@ PRELUDE = f"""
 import sys
 HEAVY_AT_START = sorted({set(HEAVY)!r} & set(sys.modules))
 HOOK_RAN = '_timm_hvt_autoload' in sys.modules
+import importlib.util
 import json
 import os
 import pkgutil
@@ -66,25 +69,13 @@ def done(**facts):
     print('RESULT ' + json.dumps(dict(heavy_at_start=HEAVY_AT_START, hook_ran=HOOK_RAN, **facts)))
 """
 
-IMPORT_TIMM = """
+# One fresh interpreter, in this order: probes that do not import must not disarm the hook, nor must the start entry
+# point run on top of the .pth line (twice), nor transformers' own probes when it is imported (where it is
+# installed: not in the floor environment); then a submodule is timm's first import, which registers the models;
+# every installed module of timm_hvt imports; importlib.reload(timm) keeps them; last, a spawned worker (as
+# DataLoader workers and torchrun ranks are started) imports timm in its own start-up state.
+FRESH_INTERPRETER = """
 import importlib
-import timm
-models = hvt_models()  # before anything here imports timm_hvt
-model = type(timm.create_model('hvt_ti_1')).__name__
-import timm_hvt
-modules = sorted(m.name for m in pkgutil.iter_modules(timm_hvt.__path__))
-for name in modules:  # every module the wheel installed imports
-    importlib.import_module('timm_hvt.' + name)
-loaders = loader_modules()
-importlib.reload(timm)
-done(models=models, package=timm_hvt.__file__, model=model, modules=modules, loaders=loaders,
-     models_after_reload=hvt_models(), loaders_after_reload=loader_modules())
-"""
-
-# Probes that do not import must not disarm the hook, nor must the start entry point run on top of the .pth line
-# (twice), nor transformers' own probes when it is imported; then a submodule is timm's first import. Last, a
-# spawned worker (as DataLoader workers and torchrun ranks are started) imports timm in its own start-up state.
-PROBES_START_TRANSFORMERS_THEN_LAYERS = """
 import importlib.metadata
 import importlib.util
 import multiprocessing
@@ -107,19 +98,31 @@ if __name__ == '__main__':
     install()
     install()
     armed_after_start = armed_finders()
-    import transformers
+    transformers_imported = importlib.util.find_spec('transformers') is not None
+    if transformers_imported:
+        import transformers  # noqa: F401
     after_transformers = sorted({'timm', 'timm_hvt'} & set(sys.modules))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         import timm.layers
-    from timm import create_model
+    models = hvt_models()  # before anything here imports timm_hvt
+    import timm
+    model = type(timm.create_model('hvt_ti_1')).__name__
+    armed_after_import = armed_finders()
+    loaders = loader_modules()
+    import timm_hvt
+    modules = sorted(m.name for m in pkgutil.iter_modules(timm_hvt.__path__))
+    for name in modules:
+        importlib.import_module('timm_hvt.' + name)
+    importlib.reload(timm)
     with multiprocessing.get_context('spawn').Pool(1) as pool:
         worker_before, worker_models = pool.map(worker, [0])[0]
     done(found=all(found), after_probe=after_probe, armed_before=armed_before, entry_points=entry_points,
          install=f'{install.__module__}.{install.__qualname__}', armed_after_start=armed_after_start,
-         after_transformers=after_transformers, models=hvt_models(), model=type(create_model('hvt_ti_1')).__name__,
-         package=sys.modules['timm_hvt'].__file__, loaders=loader_modules(), armed_after_import=armed_finders(),
-         hvt_warnings=[str(w.message) for w in caught if 'hvt' in str(w.message)],
+         transformers_imported=transformers_imported, after_transformers=after_transformers, models=models,
+         hvt_warnings=[str(w.message) for w in caught if 'hvt' in str(w.message)], model=model,
+         armed_after_import=armed_after_import, loaders=loaders, package=timm_hvt.__file__, modules=modules,
+         models_after_reload=hvt_models(), loaders_after_reload=loader_modules(),
          worker_before=worker_before, worker_models=worker_models)
 """
 
@@ -155,7 +158,7 @@ done(package=importlib.util.find_spec('timm_hvt').origin, hook_module=sys.module
      armed=armed_finders(), timm_imported='timm' in sys.modules)
 """
 
-PROBES_FIRST = 'probes, the start entry point twice, import transformers, import timm.layers, a spawned worker'
+FRESH = 'probes, the start entry point twice, transformers, timm.layers, every module, reload, a spawned worker'
 STUB = {'PYTHONPATH': '{root}/stub'}
 STUB_BROKEN = {'PYTHONPATH': '{root}/stub:{root}/broken'}
 OFF = {'TIMM_HVT_AUTOLOAD': '0'}
@@ -163,8 +166,7 @@ OFF = {'TIMM_HVT_AUTOLOAD': '0'}
 # name: (install, code, extra environment); code runs after PRELUDE in a fresh interpreter. Started in this order:
 # the slowest first.
 CASES = {
-    PROBES_FIRST: ('regular', PROBES_START_TRANSFORMERS_THEN_LAYERS, {}),
-    'import timm': ('regular', IMPORT_TIMM, {}),
+    FRESH: ('regular', FRESH_INTERPRETER, {}),
     'stub timm, timm_hvt fails to import': ('regular', STUB_TIMM, STUB_BROKEN),
     'stub timm, autoload off': ('regular', STUB_TIMM, dict(STUB, **OFF)),
     'stub timm, the .pth line off, the start entry point alone': ('regular', START_ALONE_STUB_TIMM,
@@ -261,47 +263,47 @@ def _facts(started, name: str) -> dict:
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize('case', ['import timm'])
-def test_import_timm_alone_registers_the_models_and_leaves_timm_as_it_was(started, installs, case):
-    """Also that the hook ran at start-up and imported nothing heavy (`_facts` checks this for every case: neither
-    torch, timm, timm_hvt nor numpy is in sys.modules at start-up). What it costs in time is measured, not asserted:
-    `python -X importtime`."""
-    facts = _facts(started, case)
-    assert facts['models'] == N_MODELS
-    assert installs['regular'][1] in Path(facts['package']).parents  # the copy pip installed, not the source tree
-    assert facts['model'] == 'HierarchicalVisionTransformer'
-    assert facts['modules'] == sorted(m.name for m in pkgutil.iter_modules([str(REPO / 'timm_hvt')]))
-    assert '_timm_hvt_autoload' not in facts['loaders'], 'timm keeps the wrapped loader'
-    assert facts['models_after_reload'] == N_MODELS  # importlib.reload(timm)
-    assert '_timm_hvt_autoload' not in facts['loaders_after_reload']
-
-
-@pytest.mark.parametrize('case', [PROBES_FIRST])
-def test_spawned_worker_sees_the_models(started, case):
-    """DataLoader workers and torchrun ranks start fresh interpreters: the hook has to run there too."""
-    facts = _facts(started, case)
-    assert facts['worker_before'] == []
-    assert facts['worker_models'] == N_MODELS
-
-
-@pytest.mark.parametrize('case', [PROBES_FIRST])
-def test_probes_the_start_entry_point_and_transformers_first_do_not_disarm_the_hook(started, installs, case):
+@pytest.mark.parametrize('case', [FRESH])
+def test_probes_the_start_entry_point_and_transformers_first_do_not_disarm_the_hook(started, case):
     """find_spec / importlib.metadata probes import nothing; the .start file's entry point, run again on top of the
     .pth line (twice), arms nothing more; transformers probes optional packages when it is imported and imports
-    neither timm nor timm_hvt; then `import timm.layers` registers every model, once."""
+    neither timm nor timm_hvt; then `import timm.layers`, timm's first import, registers every model, once, and the
+    finder removes itself. Also that the hook ran at start-up and imported nothing heavy (`_facts` checks this for
+    every case: neither torch, timm, timm_hvt nor numpy is in sys.modules at start-up); what it costs in time is
+    measured, not asserted: `python -X importtime`."""
     facts = _facts(started, case)
     assert facts['found']
     assert facts['after_probe'] == []  # the probes themselves imported nothing heavy
     assert facts['entry_points'] == ['_timm_hvt_autoload:install']
     assert facts['install'] == '_timm_hvt_autoload.install'
     assert facts['armed_before'] == facts['armed_after_start'] == 1
+    # transformers is in the test extra; the floor environment has none
+    assert facts['transformers_imported'] == (importlib.util.find_spec('transformers') is not None)
     assert facts['after_transformers'] == []
     assert facts['models'] == N_MODELS
     assert facts['hvt_warnings'] == []  # no model registered twice
     assert facts['model'] == 'HierarchicalVisionTransformer'
-    assert installs['regular'][1] in Path(facts['package']).parents
-    assert '_timm_hvt_autoload' not in facts['loaders']
     assert facts['armed_after_import'] == 0  # its job done, the finder removed itself
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize('case', [FRESH])
+def test_the_installed_package_imports_and_leaves_timm_as_it_was(started, installs, case):
+    facts = _facts(started, case)
+    assert installs['regular'][1] in Path(facts['package']).parents  # the copy pip installed, not the source tree
+    assert facts['modules'] == sorted(m.name for m in pkgutil.iter_modules([str(REPO / 'timm_hvt')]))
+    assert '_timm_hvt_autoload' not in facts['loaders'], 'timm keeps the wrapped loader'
+    assert facts['models_after_reload'] == N_MODELS  # importlib.reload(timm)
+    assert '_timm_hvt_autoload' not in facts['loaders_after_reload']
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize('case', [FRESH])
+def test_spawned_worker_sees_the_models(started, case):
+    """DataLoader workers and torchrun ranks start fresh interpreters: the hook has to run there too."""
+    facts = _facts(started, case)
+    assert facts['worker_before'] == []
+    assert facts['worker_models'] == N_MODELS
 
 
 @pytest.mark.parametrize('case', ['stub timm, the .pth line off, the start entry point alone'])

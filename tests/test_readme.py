@@ -193,8 +193,9 @@ def test_the_recipe_augmentation_runs_on_real_photos():
     assert recipes, 'the README gives no --aa string'
     for aa in sorted(recipes):
         transform, rand_augment = _rand_augment(aa)
-        # every op of the policy at every magnitude a draw can give it: from 0 up to past its cap (clipped there,
-        # where the paper's string makes posterize keep 0 bits)
+        # every op of the policy at each whole magnitude from 0 up to past its cap, where a draw is clipped (the
+        # levels ops use change at fractions of 10 that whole magnitudes reach; at the paper's cap of 10 posterize
+        # keeps 0 bits)
         for op in rand_augment.ops:
             for magnitude in range(12):
                 fixed = _always(op, magnitude)
