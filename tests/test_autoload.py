@@ -158,7 +158,7 @@ done(package=importlib.util.find_spec('timm_hvt').origin, hook_module=sys.module
      armed=armed_finders(), timm_imported='timm' in sys.modules)
 """
 
-FRESH = 'probes, the start entry point twice, transformers, timm.layers, every module, reload, a spawned worker'
+FRESH = 'start-up orders in a fresh interpreter'
 STUB = {'PYTHONPATH': '{root}/stub'}
 STUB_BROKEN = {'PYTHONPATH': '{root}/stub:{root}/broken'}
 OFF = {'TIMM_HVT_AUTOLOAD': '0'}
