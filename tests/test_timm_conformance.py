@@ -11,8 +11,8 @@ The suite runs on two variants of the Ti width: hvt_ti_0 (no pooling stage: timm
 (a pooling stage; it has a pretrained tag, which the config test takes as a model of its own), in one subprocess of
 timm's suite (a few seconds per variant); the floor run (the lowest timm and torch) takes hvt_ti_1. The other
 variants hold the same classes, more pooling blocks at other positions or another width: tests/test_hvt_model.py
-checks those positions, the structure and a training step of all ten, and scripts and fx-traces a model with two
-pooling blocks in a row.
+checks those positions, the structure and a training step of all ten, and scripts, fx-traces and takes the NCHW
+maps of a model with two pooling blocks in a row.
 """
 import os
 import subprocess
