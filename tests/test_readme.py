@@ -135,7 +135,11 @@ class PythonSession:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(timeout=120)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # a block still running (its test timed out)
+            self.proc.kill()
+            self.proc.wait()
         self.stderr.close()
 
 
