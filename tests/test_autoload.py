@@ -72,8 +72,9 @@ def done(**facts):
 # One fresh interpreter, in this order: probes that do not import must not disarm the hook, nor must the start entry
 # point run on top of the .pth line (twice), nor transformers' own probes when it is imported (where it is
 # installed: not in the floor environment); then a submodule is timm's first import, which registers the models;
-# every installed module of timm_hvt imports; importlib.reload(timm) keeps them; last, a spawned worker (as
-# DataLoader workers and torchrun ranks are started) imports timm in its own start-up state.
+# every installed module of timm_hvt imports; importlib.reload(timm) keeps them; last, where its test is selected
+# (not in the floor run), a spawned worker (as DataLoader workers and torchrun ranks are started) imports timm in its
+# own start-up state.
 FRESH_INTERPRETER = """
 import importlib
 import importlib.metadata
@@ -115,8 +116,10 @@ if __name__ == '__main__':
     for name in modules:
         importlib.import_module('timm_hvt.' + name)
     importlib.reload(timm)
-    with multiprocessing.get_context('spawn').Pool(1) as pool:
-        worker_before, worker_models = pool.map(worker, [0])[0]
+    worker_before = worker_models = None
+    if os.environ.get('SPAWN_WORKER') == '1':
+        with multiprocessing.get_context('spawn').Pool(1) as pool:
+            worker_before, worker_models = pool.map(worker, [0])[0]
     done(found=all(found), after_probe=after_probe, armed_before=armed_before, entry_points=entry_points,
          install=f'{install.__module__}.{install.__qualname__}', armed_after_start=armed_after_start,
          transformers_imported=transformers_imported, after_transformers=after_transformers, models=models,
@@ -158,7 +161,7 @@ done(package=importlib.util.find_spec('timm_hvt').origin, hook_module=sys.module
      armed=armed_finders(), timm_imported='timm' in sys.modules)
 """
 
-FRESH = 'probes, the start entry point twice, transformers, timm.layers, every module, reload, a spawned worker'
+FRESH = 'start-up orders in a fresh interpreter'
 STUB = {'PYTHONPATH': '{root}/stub'}
 STUB_BROKEN = {'PYTHONPATH': '{root}/stub:{root}/broken'}
 OFF = {'TIMM_HVT_AUTOLOAD': '0'}
@@ -245,8 +248,10 @@ def started(request, installs):
     """The cases this module's selected tests ask for (their `case` parameter), started at once, a few at a time:
     name -> future of its CompletedProcess."""
     wanted = _selected(request, 'case')
+    spawn = any(item.module is request.module and item.originalname == 'test_spawned_worker_sees_the_models'
+                for item in request.session.items)
     pool = ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2)))
-    yield {name: pool.submit(_run_case, *installs[kind], name, code, extra)
+    yield {name: pool.submit(_run_case, *installs[kind], name, code, dict(extra, SPAWN_WORKER=str(int(spawn))))
            for name, (kind, code, extra) in CASES.items() if name in wanted}
     pool.shutdown(cancel_futures=True)
 
@@ -297,7 +302,6 @@ def test_the_installed_package_imports_and_leaves_timm_as_it_was(started, instal
     assert '_timm_hvt_autoload' not in facts['loaders_after_reload']
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize('case', [FRESH])
 def test_spawned_worker_sees_the_models(started, case):
     """DataLoader workers and torchrun ranks start fresh interpreters: the hook has to run there too."""

@@ -17,8 +17,6 @@ import sys
 
 import torch
 
-import timm
-
 from _ddp_worker import BATCH, IMG, SETTINGS, small_hvt
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -27,7 +27,8 @@ HOOK_PTH = 'timm_hvt_autoload.pth'
 HOOK_START = 'timm_hvt_autoload.start'
 BUILD_STEP = 'build_hooks.py'
 LICENSE = 'LICENSE'
-VERMIN = [sys.executable, '-c', 'import sys, vermin; sys.exit(vermin.main())', '--no-config-file', '--no-tips', '--format', 'parsable',
+VERMIN = [sys.executable, '-c', 'import sys, vermin; sys.exit(vermin.main())', '--no-config-file', '--no-tips',
+          '--format', 'parsable',
           '--eval-annotations',  # torch.jit.script and timm evaluate annotations at run time
           '--feature', 'union-types']  # `X | Y` outside annotations too (3.10)
 

@@ -3,8 +3,14 @@ either runs here, offline on a CPU, or says what it needs with a `# needs: ...` 
 scripts, ImageNet); those are only checked for syntax. The stand-in weights are random, in the authors' layout,
 put where the README says weights come from (the current folder for `convert`, `release/` for `publish`, torch's hub
 cache for `pretrained=True`); `cat.jpg` is scikit-image's photo of a cat. The tables and the quoted log lines are
-checked against the code, and the training recipe's augmentation against the installed Pillow."""
+checked against the code, and the training recipe's augmentation against the installed Pillow.
+
+The Python blocks run in one interpreter, started fresh for the first of them, in README order between the shell
+commands, as a reader running them in one session would; each block in a namespace of its own (a block that needs
+another's names fails). Importing torch, timm and the deploy libraries once instead of once per block saves most of
+this file's time."""
 import copy
+import json
 import os
 import random
 import re
@@ -84,6 +90,66 @@ def checkout(tmp_path_factory):
     return work, env
 
 
+# Reads (index, code) lines on stdin, runs each code in a namespace of its own with its output captured, and writes
+# one RESULT line per block: [index, traceback or '', stdout, stderr].
+SESSION = r"""
+import contextlib, io, json, sys, traceback
+channel = sys.stdout
+for line in sys.stdin:
+    index, code = json.loads(line)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(compile(code, f'README.md, block {index}', 'exec'), {'__name__': '__main__'})
+            error = ''
+        except BaseException:
+            error = traceback.format_exc()
+    channel.write('\nRESULT ' + json.dumps([index, error, out.getvalue(), err.getvalue()]) + '\n')
+    channel.flush()
+"""
+
+
+class PythonSession:
+    """The interpreter that runs the README's Python blocks; what it writes below Python (C libraries) goes to a
+    file, read back per block."""
+
+    def __init__(self, work: Path, env: dict):
+        self.stderr_path = work / 'python-session.stderr'
+        self.stderr = open(self.stderr_path, 'w')
+        self.proc = subprocess.Popen([sys.executable, '-c', SESSION], cwd=work, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+
+    def run(self, index: int, code: str) -> tuple:
+        """(traceback or '', stdout, stderr) of the block."""
+        start = self.stderr_path.stat().st_size
+        self.proc.stdin.write(json.dumps([index, code]) + '\n')
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith('RESULT '):
+                _, error, out, err = json.loads(line[len('RESULT '):])
+                with open(self.stderr_path) as f:
+                    f.seek(start)
+                    return error, out, err + f.read()
+        raise AssertionError(f'the Python session ended (exit {self.proc.wait()}):\n'
+                             f'{self.stderr_path.read_text()[-3000:]}')
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # a block still running (its test timed out)
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+
+
+@pytest.fixture(scope='module')
+def python_session(checkout):
+    session = PythonSession(*checkout)
+    yield session
+    session.close()
+
+
 def test_every_step_runs_here_or_says_what_it_needs():
     assert len([s for s in STEPS if s.kind == 'python']) >= 2 and len([s for s in STEPS if s.kind == 'bash']) >= 10
     for step in STEPS:
@@ -104,15 +170,20 @@ def _step_id(index: int) -> str:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize('index', [i for i, s in enumerate(STEPS) if not s.needs], ids=_step_id)
-def test_readme_step_runs(checkout, index):
+def test_readme_step_runs(request, checkout, index):
     work, env = checkout
     step = STEPS[index]
-    command = ['bash', '-c', step.text] if step.kind == 'bash' else [sys.executable, '-c', step.text]
-    out = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=840)
-    assert out.returncode == 0, f'{step.text}\n--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}'
-    assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+    if step.kind == 'python':
+        error, stdout, stderr = request.getfixturevalue('python_session').run(index, step.text)
+    else:
+        out = subprocess.run(['bash', '-c', step.text], cwd=work, env=env, capture_output=True, text=True,
+                             timeout=840)
+        error = '' if out.returncode == 0 else f'exit {out.returncode}'
+        stdout, stderr = out.stdout, out.stderr
+    assert not error, f'{step.text}\n--- error\n{error}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}'
+    assert 'Traceback' not in stderr, stderr[-3000:]
     # `timm-hvt` imports timm_hvt before timm: the start-up hook then fires inside that import, and must stay quiet
-    assert 'timm-hvt: models not registered' not in out.stderr, out.stderr[-3000:]
+    assert 'timm-hvt: models not registered' not in stderr, stderr[-3000:]
 
 
 def _table(heading: str) -> List[List[str]]:

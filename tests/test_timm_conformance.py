@@ -7,12 +7,12 @@ test, which timm's own CI leaves out too (slow).
 The sdist comes from the package registry once and is cached (TIMM_HVT_CACHE, default ~/.cache/timm-hvt); .ci/run
 fetches it while the environments install, so that the test run itself stays offline.
 
-The suite runs on three variants of the Ti width: hvt_ti_0 (no pooling stage: timm's ViT blocks only), hvt_ti_1
-(one pooling stage; it has a pretrained tag, which the config test takes as a model of its own) and hvt_ti_4 (the
-most pooling stages). The variants differ only in width and in how many pooling blocks they hold, all of one
-class, at the positions `pool_block_indices` gives; tests/test_hvt_model.py checks those positions, the structure
-and a training step of all ten. All the selected variants run in one subprocess of timm's suite (a few seconds per
-variant); the floor run (the lowest timm and torch) takes hvt_ti_1, which holds every one of HVT's modules and a tag.
+The suite runs on two variants of the Ti width: hvt_ti_0 (no pooling stage: timm's ViT blocks only) and hvt_ti_1
+(a pooling stage; it has a pretrained tag, which the config test takes as a model of its own), in one subprocess of
+timm's suite (a few seconds per variant); the floor run (the lowest timm and torch) takes hvt_ti_1. The other
+variants hold the same classes, more pooling blocks at other positions or another width: tests/test_hvt_model.py
+checks those positions, the structure and a training step of all ten, and scripts, fx-traces and takes the NCHW
+maps of a model with two pooling blocks in a row.
 """
 import os
 import subprocess
@@ -39,8 +39,8 @@ REQUIRED_TESTS = (
     'test_model_forward_intermediates',
     'test_model_forward_intermediates_features',
 )
-# no pooling stage, one, the most
-VARIANTS = ('hvt_ti_0', 'hvt_ti_1', 'hvt_ti_4')
+# no pooling stage, and a pooling stage
+VARIANTS = ('hvt_ti_0', 'hvt_ti_1')
 SMOKE_VARIANTS = ('hvt_ti_1',)
 # the tests that need the network to fetch pretrained weights
 NETWORK_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained', 'test_model_inference')
@@ -119,13 +119,12 @@ def suite_outcomes(request, timm_suite):
     return outcomes
 
 
-def test_the_variants_span_the_pooling_counts():
+def test_the_variants_run_without_and_with_pooling():
     with torch.device('meta'):
-        counts = {m: len(timm.create_model(m).pool_blocks) for m in timm.list_models('hvt_*')}
-    assert [counts[m] for m in VARIANTS] == [0, 1, max(counts.values())]
+        counts = {m: len(timm.create_model(m).pool_blocks) for m in VARIANTS}
+    assert counts['hvt_ti_0'] == 0 and counts['hvt_ti_1'] > 0
     assert set(SMOKE_VARIANTS) <= set(VARIANTS)
-    with torch.device('meta'):
-        assert all(timm.create_model(m).pool_blocks for m in SMOKE_VARIANTS)  # the pooling block runs at the floors
+    assert all(counts[m] for m in SMOKE_VARIANTS)  # the pooling block runs at the floors
     # a variant with a pretrained tag in both runs: the config test takes the tag as a model of its own
     assert {m.split('.')[0] for m in timm.list_pretrained('hvt_*')} & set(SMOKE_VARIANTS)
 
