@@ -1,6 +1,7 @@
 """What several test files share: the relative error they compare values with, and the few timm training pieces
 (loader, epoch loop, accuracy) that the training, digits and distributed tests wire the way timm's train.py does.
 """
+import copy
 from contextlib import nullcontext
 from typing import Callable, List, Optional
 
@@ -21,6 +22,23 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     scale = expected.norm().item()
     assert scale > 0, 'the expected values are all zero: a relative error says nothing'
     return (actual - expected).norm().item() / scale
+
+
+def assert_compiled_step_matches_eager(model: nn.Module, forward: Callable[[nn.Module], Callable],
+                                       x: torch.Tensor) -> None:
+    """inductor with fullgraph=True (any graph break fails): one training forward and backward through
+    `forward(copy of model)`, compiled, give eager's outputs and gradients, each relative to its own size."""
+    model.train()
+    twin = copy.deepcopy(model)
+    results = []
+    for m, run in ((twin, torch.compile(forward(twin), backend='inductor', fullgraph=True)), (model, forward(model))):
+        out = run(x)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad for p in m.parameters() if p.grad is not None]))
+    (compiled_out, compiled_grads), (eager_out, eager_grads) = results
+    assert relative_error(compiled_out, eager_out) <= 1e-5
+    assert len(compiled_grads) == len(eager_grads) > 0
+    assert all(relative_error(c, e) <= 1e-4 for c, e in zip(compiled_grads, eager_grads))
 
 
 def image_folder_loader(root: str, split: str, model: nn.Module, img_size: int, batch_size: int,

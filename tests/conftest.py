@@ -25,9 +25,9 @@ if os.environ.get('PYTEST_XDIST_WORKER'):  # .ci/run runs two workers on two cor
 
 # The files that take longest, first: .ci/run hands whole files to its two workers in collection order (--dist
 # loadfile --no-loadscope-reorder), and a long file started last leaves one core idle while it runs.
-RUN_FIRST = ('test_readme.py', 'test_hvt_model.py', 'test_benchmarks.py', 'test_deploy.py', 'test_backbone.py',
-             'test_timm_conformance.py', 'test_gpu_run.py', 'test_autoload.py', 'test_distributed.py',
-             'test_export.py', 'test_convert.py', 'test_digits.py', 'test_cli_list.py')
+RUN_FIRST = ('test_readme.py', 'test_hvt_model.py', 'test_compile.py', 'test_benchmarks.py', 'test_deploy.py',
+             'test_backbone.py', 'test_timm_conformance.py', 'test_gpu_run.py', 'test_autoload.py',
+             'test_distributed.py', 'test_export.py', 'test_convert.py', 'test_digits.py', 'test_cli_list.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -4,7 +4,7 @@ Covers: ImageFolder via create_dataset / create_loader with timm's train transfo
 and the plain loader + Mixup), create_optimizer_v2 (AdamW, layer decay from group_matcher, no weight decay on
 position embeddings / class token), create_scheduler_v2, ModelEmaV3, ClassificationTask, bf16 autocast, grad
 checkpointing, and CheckpointSaver + resume that continues exactly where the interrupted run stopped. train.py's
---torchcompile is ClassificationTask.compile, a torch.compile of the model: test_hvt_model.py compiles HVT with
+--torchcompile is ClassificationTask.compile, a torch.compile of the model: test_compile.py compiles HVT with
 inductor and fullgraph=True and checks a training forward and backward against eager.
 
 Values that other kernels may round differently (checkpointed against plain) are compared relative to their own
